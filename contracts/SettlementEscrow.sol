@@ -1,0 +1,729 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.30;
+
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {IERC20Permit} from "@openzeppelin/contracts/token/ERC20/extensions/IERC20Permit.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {IERC3009} from "@openzeppelin/contracts/interfaces/draft-IERC3009.sol";
+import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
+import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
+import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {SignatureChecker} from "@openzeppelin/contracts/utils/cryptography/SignatureChecker.sol";
+
+/**
+ * @title SettlementEscrow
+ * @notice Holds ERC-20 stablecoins for payments and settles them all-or-nothing:
+ * hold (authorize) → capture (partial, repeated, split into legs) → refund; or void / reclaim;
+ * disputes freeze refundable funds until an arbiter resolves them.
+ *
+ * Payment terms travel in calldata and are verified by hash: the payment id is the EIP-712
+ * typed-data hash of the terms, which is also what the payer signs. Storage holds one slot per
+ * payment (capturable, refundable, operation sequence).
+ *
+ * Solvency invariant: token.balanceOf(this) == Σ capturable + Σ frozen (disputes) + Σ credits.
+ *
+ * Every mutating operation on an existing payment carries the payment's expected operation
+ * sequence number, so an operation replayed by an at-least-once relay can never apply twice.
+ */
+contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 {
+    using SafeERC20 for IERC20;
+
+    // ───────────────────────────── types ─────────────────────────────
+
+    /// @notice What the payer agrees to; signed by the payer as EIP-712 typed data.
+    struct PaymentTerms {
+        address payer;
+        address merchant;
+        address token;
+        uint120 maxAmount;
+        uint48 authorizationExpiry; // captures allowed before; payer may reclaim from then on
+        uint48 refundExpiry; // refunds allowed before
+        uint16 minFeeBps;
+        uint16 maxFeeBps; // bounds the fee leg plus every extra leg of a capture
+        address feeReceiver;
+        address operator; // the only address that may act on this payment
+        uint256 salt;
+    }
+
+    /// @notice An extra capture leg (ledger or reserve account), paid out of the fee budget.
+    struct Leg {
+        address recipient;
+        uint120 amount;
+    }
+
+    /// @notice How an authorization pulls the payer's funds.
+    enum Method {
+        Allowance, // auth = payer's EIP-712 signature over the terms (empty if payer is caller)
+        Permit, // auth = abi.encode(deadline, v, r, s, payerSignature); the permit is for maxAmount
+        ERC3009 // auth = abi.encode(validAfter, validBefore, v, r, s); nonce = payment id
+    }
+
+    enum Kind {
+        Authorize,
+        Charge,
+        Capture,
+        Void,
+        Refund
+    }
+
+    /// @notice One operation of a batch, decoded from its packed record (see {settleBatch}).
+    /// `data` carries what only some kinds need, ABI-encoded: Authorize: (Method, bytes auth);
+    /// Charge: (Method, bytes auth, Leg[] legs); Capture: empty, or (Leg[] legs); Refund: empty
+    /// (the caller funds it), or (bool merchantFunds); Void: empty.
+    struct Record {
+        Kind kind;
+        uint16 seq; // Capture, Void, Refund: the payment's current operation sequence
+        uint16 feeBps; // Charge, Capture
+        uint120 amount;
+        PaymentTerms terms;
+    }
+
+    /// @dev One storage slot per payment, packed by hand (capturable | refundable << 120 |
+    /// seq << 240) so every operation costs exactly one SLOAD and one SSTORE.
+    /// `seq` counts applied operations; 0 means unknown.
+    struct Payment {
+        uint120 capturable;
+        uint120 refundable;
+        uint16 seq;
+    }
+
+    struct Dispute {
+        uint120 amount;
+        address funder;
+    }
+
+    // ─────────────────────────── constants ───────────────────────────
+
+    bytes32 public constant OPERATOR_ROLE = keccak256("OPERATOR_ROLE");
+    bytes32 public constant ARBITER_ROLE = keccak256("ARBITER_ROLE");
+    bytes32 public constant PAUSER_ROLE = keccak256("PAUSER_ROLE");
+
+    bytes32 public constant PAYMENT_TERMS_TYPEHASH = keccak256(
+        "PaymentTerms(address payer,address merchant,address token,uint120 maxAmount,"
+        "uint48 authorizationExpiry,uint48 refundExpiry,uint16 minFeeBps,uint16 maxFeeBps,"
+        "address feeReceiver,address operator,uint256 salt)"
+    );
+
+    uint256 public constant BPS = 10_000;
+    uint256 public constant LEGS_MAX = 4;
+    uint256 public constant BATCH_SIZE_MAX = 256;
+    /// @dev Bytes of a batch record before its `data`; layout in {settleBatch}.
+    uint256 private constant _RECORD_HEAD = 185;
+
+    /// @dev Transient netting table of a batch: the number of distinct (token, recipient)
+    /// pairs, the pairs themselves from _NET_PAIRS, and each pair's running total at
+    /// keccak256(token, recipient). Transient, so a reverted operation's payouts vanish with it.
+    uint256 private constant _NET_COUNT = 0x4d07aa0fd7d02b0080378a0887df1acc5cb30cdd8ea0183eaace481d11427d33; // keccak256("SettlementEscrow.net.count")
+    uint256 private constant _NET_PAIRS = 0x678e518502e1b8b78c4e05f57074913c5420756e2b8f48b5502b19e6a0bacb10; // keccak256("SettlementEscrow.net.pairs")
+
+    // ──────────────────────────── storage ────────────────────────────
+
+    mapping(bytes32 paymentId => uint256 packed) private _payments;
+    mapping(bytes32 paymentId => Dispute) private _disputes;
+    mapping(address token => mapping(address account => uint256)) private _credits;
+
+    // ──────────────────────────── events ─────────────────────────────
+
+    /// @notice A hold was placed; carries the full terms so the indexer needs nothing else.
+    event Authorized(bytes32 indexed paymentId, PaymentTerms terms, uint256 amount, Method method);
+    /// @notice `amount` left the hold: `fee` to the fee receiver, the {LegPaid} amounts to extra
+    /// legs, the rest to the merchant. `seq` is the operation's sequence number (the authorization is 0).
+    event Captured(bytes32 indexed paymentId, uint16 seq, uint256 amount, uint256 fee);
+    event LegPaid(bytes32 indexed paymentId, address indexed recipient, uint256 amount);
+    event Voided(bytes32 indexed paymentId, uint16 seq, uint256 amount);
+    event Reclaimed(bytes32 indexed paymentId, uint16 seq, uint256 amount);
+    event Refunded(bytes32 indexed paymentId, uint16 seq, uint256 amount, address funder);
+    event DisputeOpened(bytes32 indexed paymentId, uint16 seq, uint256 amount, address funder);
+    event DisputeResolved(bytes32 indexed paymentId, uint16 seq, uint256 amount, bool payerWins);
+    /// @notice A non-atomic batch skipped operation `index`; `reason` is the revert data.
+    event OperationFailed(bytes32 indexed paymentId, uint256 index, bytes reason);
+    /// @notice A payout could not be pushed (e.g. a blocklisting token) and awaits withdrawal.
+    event Credited(address indexed token, address indexed account, uint256 amount);
+    event Withdrawn(address indexed token, address indexed account, address to, uint256 amount);
+
+    // ──────────────────────────── errors ─────────────────────────────
+
+    error ZeroAddress();
+    error ZeroAmount();
+    error InvalidExpiries(uint48 authorizationExpiry, uint48 refundExpiry);
+    error InvalidFeeBounds(uint16 minFeeBps, uint16 maxFeeBps);
+    error NotOperator(address caller, address operator);
+    error NotPayer(address caller, address payer);
+    error PaymentExists(bytes32 paymentId);
+    error PaymentNotFound(bytes32 paymentId);
+    error StaleSequence(bytes32 paymentId, uint16 current, uint16 given);
+    error AuthorizationExpired(uint48 authorizationExpiry, uint256 timestamp);
+    error AuthorizationNotExpired(uint48 authorizationExpiry, uint256 timestamp);
+    error RefundWindowClosed(uint48 refundExpiry, uint256 timestamp);
+    error AmountExceedsMax(uint256 amount, uint256 maxAmount);
+    error AmountExceedsCapturable(uint256 amount, uint256 capturable);
+    error AmountExceedsRefundable(uint256 amount, uint256 refundable);
+    error FeeOutOfBounds(uint16 feeBps, uint16 minFeeBps, uint16 maxFeeBps);
+    error TooManyLegs(uint256 count, uint256 max);
+    error InvalidLeg(uint256 index);
+    error FeeBudgetExceeded(uint256 total, uint256 budget);
+    error InvalidPayerSignature(bytes32 paymentId, address payer);
+    error ShortPull(address token, uint256 expected, uint256 received);
+    error DisputeAlreadyOpen(bytes32 paymentId);
+    error NoOpenDispute(bytes32 paymentId);
+    error EmptyBatch();
+    error MalformedBatch(uint256 offset);
+    error BatchTooLarge(uint256 size, uint256 max);
+    error OnlySelf();
+    error NothingToWithdraw(address token, address account);
+
+    // ────────────────────────── construction ─────────────────────────
+
+    /// @param admin receives DEFAULT_ADMIN_ROLE and grants the operator, arbiter and pauser roles.
+    constructor(address admin) EIP712("SettlementEscrow", "1") {
+        if (admin == address(0)) revert ZeroAddress();
+        _grantRole(DEFAULT_ADMIN_ROLE, admin);
+    }
+
+    // ─────────────────────── payment operations ──────────────────────
+
+    /**
+     * @notice Places a hold of `amount` (≤ terms.maxAmount) by pulling it from the payer.
+     * @dev Caller: terms.operator, holding OPERATOR_ROLE; not while paused.
+     * Emits {Authorized}. Reverts with PaymentExists, AuthorizationExpired, AmountExceedsMax,
+     * InvalidExpiries, InvalidFeeBounds, InvalidPayerSignature, ShortPull, NotOperator.
+     * @return id the EIP-712 hash of `terms`.
+     */
+    function authorize(PaymentTerms memory terms, uint256 amount, Method method, bytes memory auth)
+        external
+        nonReentrant
+        onlyRole(OPERATOR_ROLE)
+        returns (bytes32 id)
+    {
+        id = _authorize(terms, amount, method, auth, msg.sender);
+    }
+
+    /**
+     * @notice Authorize and capture `amount` in one call (a sale with immediate settlement).
+     * @dev Caller and reverts: as {authorize} and {capture}. Emits {Authorized} and {Captured}.
+     */
+    function charge(
+        PaymentTerms memory terms,
+        uint256 amount,
+        Method method,
+        bytes memory auth,
+        uint16 feeBps,
+        Leg[] memory legs
+    ) external nonReentrant onlyRole(OPERATOR_ROLE) returns (bytes32 id) {
+        id = _authorize(terms, amount, method, auth, msg.sender);
+        _capture(id, terms, 1, amount, feeBps, legs, msg.sender, false);
+    }
+
+    /**
+     * @notice Captures `amount` of the hold, split atomically: fee = ceil(amount·feeBps/10⁴) to
+     * the fee receiver, `legs` to extra accounts, the rest to the merchant.
+     * @dev Caller: terms.operator. Only before the authorization expiry. feeBps within the
+     * payer-signed bounds; fee plus legs within ceil(amount·maxFeeBps/10⁴).
+     * Emits {Captured} (and {LegPaid} per leg). Reverts with PaymentNotFound, StaleSequence,
+     * AuthorizationExpired, AmountExceedsCapturable, FeeOutOfBounds, TooManyLegs, InvalidLeg,
+     * FeeBudgetExceeded, NotOperator, ZeroAmount.
+     */
+    function capture(PaymentTerms memory terms, uint16 seq, uint256 amount, uint16 feeBps, Leg[] memory legs)
+        external
+        nonReentrant
+    {
+        _capture(_paymentId(terms), terms, seq, amount, feeBps, legs, msg.sender, false);
+    }
+
+    /**
+     * @notice Releases `amount` of the hold back to the payer (full or partial void).
+     * @dev Caller: terms.operator. Emits {Voided}. Reverts with PaymentNotFound, StaleSequence,
+     * AmountExceedsCapturable, NotOperator, ZeroAmount.
+     */
+    function void(PaymentTerms memory terms, uint16 seq, uint256 amount) external nonReentrant {
+        _void(_paymentId(terms), terms, seq, amount, msg.sender, false);
+    }
+
+    /**
+     * @notice Returns the whole remaining hold to the payer once the authorization expired.
+     * @dev Caller: terms.payer. Works while paused: a payer's exit never depends on operators.
+     * Emits {Reclaimed}. Reverts with NotPayer, PaymentNotFound, AuthorizationNotExpired, ZeroAmount.
+     */
+    function reclaim(PaymentTerms memory terms) external nonReentrant {
+        if (msg.sender != terms.payer) revert NotPayer(msg.sender, terms.payer);
+        bytes32 id = _paymentId(terms);
+        Payment memory p = _existing(id);
+        if (block.timestamp < terms.authorizationExpiry) {
+            revert AuthorizationNotExpired(terms.authorizationExpiry, block.timestamp);
+        }
+        if (p.capturable == 0) revert ZeroAmount();
+        _store(id, Payment(0, p.refundable, _next(p.seq)));
+        emit Reclaimed(id, p.seq, p.capturable);
+        _push(terms.token, terms.payer, p.capturable);
+    }
+
+    /**
+     * @notice Refunds `amount` of what was captured to the payer, funded by the caller or, with
+     * `merchantFunds`, by the merchant's allowance to this escrow.
+     * @dev Caller: terms.operator. Only before the refund expiry. Emits {Refunded}. Reverts with
+     * PaymentNotFound, StaleSequence, RefundWindowClosed, AmountExceedsRefundable, ShortPull,
+     * NotOperator, ZeroAmount.
+     */
+    function refund(PaymentTerms memory terms, uint16 seq, uint256 amount, bool merchantFunds)
+        external
+        nonReentrant
+    {
+        _refund(_paymentId(terms), terms, seq, amount, merchantFunds, msg.sender, false);
+    }
+
+    /**
+     * @notice Freezes `amount` of the refundable funds in the escrow while a dispute is open,
+     * pulling it from the caller or, with `merchantFunds`, from the merchant.
+     * @dev Caller: ARBITER_ROLE. One open dispute per payment. Emits {DisputeOpened}. Reverts
+     * with PaymentNotFound, StaleSequence, DisputeAlreadyOpen, AmountExceedsRefundable, ShortPull.
+     */
+    function openDispute(PaymentTerms memory terms, uint16 seq, uint256 amount, bool merchantFunds)
+        external
+        nonReentrant
+        onlyRole(ARBITER_ROLE)
+    {
+        bytes32 id = _paymentId(terms);
+        Payment memory p = _sequenced(id, seq);
+        if (_disputes[id].amount != 0) revert DisputeAlreadyOpen(id);
+        if (amount == 0) revert ZeroAmount();
+        if (amount > p.refundable) revert AmountExceedsRefundable(amount, p.refundable);
+        address funder = merchantFunds ? terms.merchant : msg.sender;
+        _store(id, Payment(p.capturable, p.refundable - uint120(amount), _next(seq)));
+        _disputes[id] = Dispute(uint120(amount), funder);
+        emit DisputeOpened(id, seq, amount, funder);
+        _pull(terms.token, funder, amount);
+    }
+
+    /**
+     * @notice Resolves the open dispute: the frozen funds go to the payer, or back to whoever
+     * funded the freeze (and become refundable again).
+     * @dev Caller: ARBITER_ROLE. Emits {DisputeResolved}. Reverts with PaymentNotFound,
+     * StaleSequence, NoOpenDispute.
+     */
+    function resolveDispute(PaymentTerms memory terms, uint16 seq, bool payerWins)
+        external
+        nonReentrant
+        onlyRole(ARBITER_ROLE)
+    {
+        bytes32 id = _paymentId(terms);
+        Payment memory p = _sequenced(id, seq);
+        Dispute memory d = _disputes[id];
+        if (d.amount == 0) revert NoOpenDispute(id);
+        delete _disputes[id];
+        uint120 refundable = payerWins ? p.refundable : p.refundable + d.amount;
+        _store(id, Payment(p.capturable, refundable, _next(seq)));
+        emit DisputeResolved(id, seq, d.amount, payerWins);
+        _push(terms.token, payerWins ? terms.payer : d.funder, d.amount);
+    }
+
+    /**
+     * @notice Applies a batch of operations. Atomic: every operation applies or the whole call
+     * reverts with the first failure. Non-atomic: each operation applies independently and a
+     * failed one emits {OperationFailed}. Payouts to the same (token, recipient) are netted into
+     * one transfer.
+     * @dev `ops` is a concatenation of packed records, big-endian, unpadded — about a quarter of
+     * the calldata of ABI-encoded structs, which is most of a batched operation's cost:
+     *   kind u8 | seq u16 | feeBps u16 | amount u120 |
+     *   payer, merchant, token (20 bytes each) | maxAmount u120 | authorizationExpiry u48 |
+     *   refundExpiry u48 | minFeeBps u16 | maxFeeBps u16 | feeReceiver, operator (20 bytes each) |
+     *   salt u256 | dataLength u16 | data (dataLength bytes; see {Record})
+     * Caller: OPERATOR_ROLE, and terms.operator of every operation.
+     * Reverts with EmptyBatch, BatchTooLarge, MalformedBatch, or (atomic) any error of the operations.
+     */
+    function settleBatch(bytes calldata ops, bool atomic) external nonReentrant onlyRole(OPERATOR_ROLE) {
+        if (ops.length == 0) revert EmptyBatch();
+        Record memory r;
+        uint256 index;
+        for (uint256 at; at < ops.length; ++index) {
+            if (index == BATCH_SIZE_MAX) revert BatchTooLarge(index + 1, BATCH_SIZE_MAX);
+            (bytes calldata data, uint256 next) = _readRecord(ops, at, r);
+            if (atomic) {
+                _apply(r, data, msg.sender);
+            } else {
+                try this.applyIsolated(ops[at:next], msg.sender) {}
+                catch (bytes memory reason) {
+                    emit OperationFailed(_paymentId(r.terms), index, reason);
+                }
+            }
+            at = next;
+        }
+        _flushNetted();
+    }
+
+    /**
+     * @notice Applies one record of a non-atomic batch in its own call frame, so that a failure
+     * rolls back exactly that operation, its netted payouts included.
+     * @dev Caller: this contract only (from {settleBatch}). Reverts with OnlySelf.
+     */
+    function applyIsolated(bytes calldata record, address sender) external {
+        if (msg.sender != address(this)) revert OnlySelf();
+        Record memory r;
+        (bytes calldata data,) = _readRecord(record, 0, r);
+        _apply(r, data, sender);
+    }
+
+    /**
+     * @notice Pays out the caller's credits of `token` (payouts that could not be pushed) to `to`.
+     * @dev Caller: the credited account. Emits {Withdrawn}. Reverts with NothingToWithdraw, or
+     * SafeERC20FailedOperation when the token refuses the transfer.
+     */
+    function withdraw(address token, address to) external nonReentrant {
+        uint256 amount = _credits[token][msg.sender];
+        if (amount == 0) revert NothingToWithdraw(token, msg.sender);
+        if (to == address(0)) revert ZeroAddress();
+        _credits[token][msg.sender] = 0;
+        emit Withdrawn(token, msg.sender, to, amount);
+        IERC20(token).safeTransfer(to, amount);
+    }
+
+    /// @notice Stops new authorizations (captures, voids, refunds, reclaims go on). Caller: PAUSER_ROLE.
+    function pause() external onlyRole(PAUSER_ROLE) {
+        _pause();
+    }
+
+    /// @notice Resumes new authorizations. Caller: PAUSER_ROLE.
+    function unpause() external onlyRole(PAUSER_ROLE) {
+        _unpause();
+    }
+
+    // ───────────────────────────── views ─────────────────────────────
+
+    /// @notice The payment id of `terms`: its EIP-712 typed-data hash, which the payer signs.
+    function paymentId(PaymentTerms memory terms) external view returns (bytes32) {
+        return _paymentId(terms);
+    }
+
+    /// @notice The payment's state: what can still be captured, refunded, and its sequence.
+    function payments(bytes32 id) external view returns (uint120 capturable, uint120 refundable, uint16 seq) {
+        Payment memory p = _load(id);
+        return (p.capturable, p.refundable, p.seq);
+    }
+
+    /// @notice The open dispute of a payment (amount 0 when none).
+    function disputes(bytes32 id) external view returns (uint120 amount, address funder) {
+        Dispute memory d = _disputes[id];
+        return (d.amount, d.funder);
+    }
+
+    /// @notice Payouts of `token` owed to `account` that could not be pushed.
+    function credits(address token, address account) external view returns (uint256) {
+        return _credits[token][account];
+    }
+
+    // ─────────────────────────── internals ───────────────────────────
+
+    function _apply(Record memory r, bytes calldata data, address sender) internal {
+        Kind kind = r.kind;
+        if (kind == Kind.Capture) {
+            Leg[] memory legs = data.length == 0 ? new Leg[](0) : abi.decode(data, (Leg[]));
+            _capture(_paymentId(r.terms), r.terms, r.seq, r.amount, r.feeBps, legs, sender, true);
+        } else if (kind == Kind.Void) {
+            _void(_paymentId(r.terms), r.terms, r.seq, r.amount, sender, true);
+        } else if (kind == Kind.Refund) {
+            bool merchantFunds = data.length != 0 && abi.decode(data, (bool));
+            _refund(_paymentId(r.terms), r.terms, r.seq, r.amount, merchantFunds, sender, true);
+        } else if (kind == Kind.Authorize) {
+            (Method method, bytes memory auth) = abi.decode(data, (Method, bytes));
+            _authorize(r.terms, r.amount, method, auth, sender);
+        } else {
+            (Method method, bytes memory auth, Leg[] memory legs) = abi.decode(data, (Method, bytes, Leg[]));
+            bytes32 id = _authorize(r.terms, r.amount, method, auth, sender);
+            _capture(id, r.terms, 1, r.amount, r.feeBps, legs, sender, true);
+        }
+    }
+
+    /// @dev Decodes the record at `at` into `r` (reusing its memory) and returns its `data`
+    /// and where the next record starts. Layout: see {settleBatch}.
+    function _readRecord(bytes calldata ops, uint256 at, Record memory r)
+        private
+        pure
+        returns (bytes calldata data, uint256 next)
+    {
+        if (ops.length < at + _RECORD_HEAD) revert MalformedBatch(at);
+        PaymentTerms memory t = r.terms;
+        uint256 kind;
+        uint256 dataLength;
+        assembly ("memory-safe") {
+            let p := add(ops.offset, at)
+            let head := calldataload(p)
+            kind := shr(248, head)
+            mstore(add(r, 0x20), and(shr(232, head), 0xffff))
+            mstore(add(r, 0x40), and(shr(216, head), 0xffff))
+            mstore(add(r, 0x60), and(shr(96, head), 0xffffffffffffffffffffffffffffff))
+            mstore(t, shr(96, calldataload(add(p, 20))))
+            mstore(add(t, 0x20), shr(96, calldataload(add(p, 40))))
+            mstore(add(t, 0x40), shr(96, calldataload(add(p, 60))))
+            mstore(add(t, 0x60), shr(136, calldataload(add(p, 80))))
+            mstore(add(t, 0x80), shr(208, calldataload(add(p, 95))))
+            mstore(add(t, 0xa0), shr(208, calldataload(add(p, 101))))
+            mstore(add(t, 0xc0), shr(240, calldataload(add(p, 107))))
+            mstore(add(t, 0xe0), shr(240, calldataload(add(p, 109))))
+            mstore(add(t, 0x100), shr(96, calldataload(add(p, 111))))
+            mstore(add(t, 0x120), shr(96, calldataload(add(p, 131))))
+            mstore(add(t, 0x140), calldataload(add(p, 151)))
+            dataLength := shr(240, calldataload(add(p, 183)))
+        }
+        if (kind > uint256(type(Kind).max)) revert MalformedBatch(at);
+        r.kind = Kind(kind);
+        next = at + _RECORD_HEAD + dataLength;
+        if (next > ops.length) revert MalformedBatch(at);
+        data = ops[at + _RECORD_HEAD:next];
+    }
+
+    function _authorize(
+        PaymentTerms memory t,
+        uint256 amount,
+        Method method,
+        bytes memory auth,
+        address sender
+    ) internal returns (bytes32 id) {
+        _requireNotPaused();
+        if (sender != t.operator) revert NotOperator(sender, t.operator);
+        if (t.payer == address(0) || t.merchant == address(0) || t.token == address(0)) revert ZeroAddress();
+        if (t.authorizationExpiry > t.refundExpiry) revert InvalidExpiries(t.authorizationExpiry, t.refundExpiry);
+        if (t.minFeeBps > t.maxFeeBps || t.maxFeeBps > BPS || (t.feeReceiver == address(0) && t.maxFeeBps != 0)) {
+            revert InvalidFeeBounds(t.minFeeBps, t.maxFeeBps);
+        }
+        if (block.timestamp >= t.authorizationExpiry) revert AuthorizationExpired(t.authorizationExpiry, block.timestamp);
+        if (amount == 0) revert ZeroAmount();
+        if (amount > t.maxAmount) revert AmountExceedsMax(amount, t.maxAmount);
+        id = _paymentId(t);
+        if (_load(id).seq != 0) revert PaymentExists(id);
+
+        _store(id, Payment(uint120(amount), 0, 1));
+        emit Authorized(id, t, amount, method);
+        _collect(id, t, amount, method, auth, sender);
+    }
+
+    /// @dev Pulls the hold from the payer by the chosen method, then checks the balance delta.
+    function _collect(
+        bytes32 id,
+        PaymentTerms memory t,
+        uint256 amount,
+        Method method,
+        bytes memory auth,
+        address sender
+    ) private {
+        uint256 before = IERC20(t.token).balanceOf(address(this));
+        if (method == Method.ERC3009) {
+            _receiveWithAuthorization(t.token, t.payer, amount, id, auth);
+        } else {
+            bytes memory payerSignature = method == Method.Permit ? _permit(t, auth) : auth;
+            if (sender != t.payer && !SignatureChecker.isValidSignatureNow(t.payer, id, payerSignature)) {
+                revert InvalidPayerSignature(id, t.payer);
+            }
+            IERC20(t.token).safeTransferFrom(t.payer, address(this), amount);
+        }
+        _checkReceived(t.token, before, amount);
+    }
+
+    /// @dev The payer signed the payment id as the ERC-3009 nonce: that binds the terms.
+    function _receiveWithAuthorization(address token, address payer, uint256 amount, bytes32 id, bytes memory auth)
+        private
+    {
+        (uint256 validAfter, uint256 validBefore, uint8 v, bytes32 r, bytes32 s) =
+            abi.decode(auth, (uint256, uint256, uint8, bytes32, bytes32));
+        IERC3009(token).receiveWithAuthorization(payer, address(this), amount, validAfter, validBefore, id, v, r, s);
+    }
+
+    /// @dev Submits the payer's EIP-2612 permit for maxAmount and returns the payer's terms
+    /// signature. A permit that fails (e.g. front-run, so the allowance is already there) is
+    /// ignored: the pull that follows decides.
+    function _permit(PaymentTerms memory t, bytes memory auth) private returns (bytes memory payerSignature) {
+        uint256 deadline;
+        uint8 v;
+        bytes32 r;
+        bytes32 s;
+        (deadline, v, r, s, payerSignature) = abi.decode(auth, (uint256, uint8, bytes32, bytes32, bytes));
+        try IERC20Permit(t.token).permit(t.payer, address(this), t.maxAmount, deadline, v, r, s) {} catch {}
+    }
+
+    function _capture(
+        bytes32 id,
+        PaymentTerms memory t,
+        uint16 seq,
+        uint256 amount,
+        uint16 feeBps,
+        Leg[] memory legs,
+        address sender,
+        bool net
+    ) internal {
+        if (sender != t.operator) revert NotOperator(sender, t.operator);
+        Payment memory p = _sequenced(id, seq);
+        if (block.timestamp >= t.authorizationExpiry) revert AuthorizationExpired(t.authorizationExpiry, block.timestamp);
+        if (amount == 0) revert ZeroAmount();
+        if (amount > p.capturable) revert AmountExceedsCapturable(amount, p.capturable);
+        if (feeBps < t.minFeeBps || feeBps > t.maxFeeBps) revert FeeOutOfBounds(feeBps, t.minFeeBps, t.maxFeeBps);
+        if (legs.length > LEGS_MAX) revert TooManyLegs(legs.length, LEGS_MAX);
+
+        // Unchecked: amount ≤ capturable ≤ maxAmount < 2^120 and bps ≤ 10⁴, so no product or
+        // sum below can overflow, and the budget check keeps the merchant's net non-negative.
+        unchecked {
+            uint256 fee = _ceilBps(amount, feeBps);
+            uint256 extra;
+            for (uint256 i; i < legs.length; ++i) {
+                if (legs[i].recipient == address(0) || legs[i].amount == 0) revert InvalidLeg(i);
+                extra += legs[i].amount;
+            }
+            uint256 budget = _ceilBps(amount, t.maxFeeBps);
+            if (fee + extra > budget) revert FeeBudgetExceeded(fee + extra, budget);
+
+            _store(id, Payment(p.capturable - uint120(amount), p.refundable + uint120(amount), _next(seq)));
+            emit Captured(id, seq, amount, fee);
+            _pay(net, t.token, t.merchant, amount - fee - extra);
+            _pay(net, t.token, t.feeReceiver, fee);
+        }
+        for (uint256 i; i < legs.length; ++i) {
+            emit LegPaid(id, legs[i].recipient, legs[i].amount);
+            _pay(net, t.token, legs[i].recipient, legs[i].amount);
+        }
+    }
+
+    function _void(bytes32 id, PaymentTerms memory t, uint16 seq, uint256 amount, address sender, bool net)
+        internal
+    {
+        if (sender != t.operator) revert NotOperator(sender, t.operator);
+        Payment memory p = _sequenced(id, seq);
+        if (amount == 0) revert ZeroAmount();
+        if (amount > p.capturable) revert AmountExceedsCapturable(amount, p.capturable);
+        _store(id, Payment(p.capturable - uint120(amount), p.refundable, _next(seq)));
+        emit Voided(id, seq, amount);
+        _pay(net, t.token, t.payer, amount);
+    }
+
+    function _refund(
+        bytes32 id,
+        PaymentTerms memory t,
+        uint16 seq,
+        uint256 amount,
+        bool merchantFunds,
+        address sender,
+        bool net
+    ) internal {
+        if (sender != t.operator) revert NotOperator(sender, t.operator);
+        Payment memory p = _sequenced(id, seq);
+        if (block.timestamp >= t.refundExpiry) revert RefundWindowClosed(t.refundExpiry, block.timestamp);
+        if (amount == 0) revert ZeroAmount();
+        if (amount > p.refundable) revert AmountExceedsRefundable(amount, p.refundable);
+        address funder = merchantFunds ? t.merchant : sender;
+        _store(id, Payment(p.capturable, p.refundable - uint120(amount), _next(seq)));
+        emit Refunded(id, seq, amount, funder);
+        _pull(t.token, funder, amount);
+        _pay(net, t.token, t.payer, amount);
+    }
+
+    /// @dev Loads a payment that must exist and be at sequence `seq` (replay protection).
+    function _sequenced(bytes32 id, uint16 seq) private view returns (Payment memory p) {
+        p = _existing(id);
+        if (p.seq != seq) revert StaleSequence(id, p.seq, seq);
+    }
+
+    function _load(bytes32 id) private view returns (Payment memory) {
+        uint256 word = _payments[id];
+        return Payment(uint120(word), uint120(word >> 120), uint16(word >> 240));
+    }
+
+    function _store(bytes32 id, Payment memory p) private {
+        _payments[id] = uint256(p.capturable) | (uint256(p.refundable) << 120) | (uint256(p.seq) << 240);
+    }
+
+    /// @dev The sequence after `seq`; checked, so a payment's 65,535th operation is its last.
+    function _next(uint16 seq) private pure returns (uint16) {
+        return seq + 1;
+    }
+
+    function _existing(bytes32 id) private view returns (Payment memory p) {
+        p = _load(id);
+        if (p.seq == 0) revert PaymentNotFound(id);
+    }
+
+    /// @dev The terms are eleven static words in memory, so the struct hash is
+    /// keccak256(typehash ‖ those words) with no re-encoding.
+    function _paymentId(PaymentTerms memory t) private view returns (bytes32) {
+        bytes32 typehash = PAYMENT_TERMS_TYPEHASH;
+        bytes32 structHash;
+        assembly ("memory-safe") {
+            let m := mload(0x40)
+            mstore(m, typehash)
+            mcopy(add(m, 0x20), t, 0x160)
+            structHash := keccak256(m, 0x180)
+        }
+        return _hashTypedDataV4(structHash);
+    }
+
+    /// @dev Rounds up, so a non-zero amount at non-zero bps always pays at least one unit and
+    /// splitting a capture can never round the fee away.
+    function _ceilBps(uint256 amount, uint256 bps) private pure returns (uint256) {
+        return (amount * bps + BPS - 1) / BPS;
+    }
+
+    /// @dev Pulls `amount` from `from` and rejects short or fee-on-transfer pulls.
+    function _pull(address token, address from, uint256 amount) private {
+        uint256 before = IERC20(token).balanceOf(address(this));
+        IERC20(token).safeTransferFrom(from, address(this), amount);
+        _checkReceived(token, before, amount);
+    }
+
+    function _checkReceived(address token, uint256 before, uint256 amount) private view {
+        uint256 received = IERC20(token).balanceOf(address(this)) - before;
+        if (received != amount) revert ShortPull(token, amount, received);
+    }
+
+    /// @dev Pays now, or (in a batch) adds to the transient netting table for {_flushNetted}.
+    function _pay(bool net, address token, address to, uint256 amount) private {
+        if (amount == 0) return;
+        if (!net) return _push(token, to, amount);
+        assembly ("memory-safe") {
+            mstore(0x00, token)
+            mstore(0x20, to)
+            let key := keccak256(0x00, 0x40)
+            let total := tload(key)
+            if iszero(total) {
+                let count := tload(_NET_COUNT)
+                let at := add(_NET_PAIRS, shl(1, count))
+                tstore(at, token)
+                tstore(add(at, 1), to)
+                tstore(_NET_COUNT, add(count, 1))
+            }
+            // Cannot overflow: every total is bounded by token balances held by this escrow.
+            tstore(key, add(total, amount))
+        }
+    }
+
+    /// @dev Sends one transfer per distinct (token, recipient) of the batch and clears the table.
+    function _flushNetted() private {
+        uint256 count;
+        assembly ("memory-safe") {
+            count := tload(_NET_COUNT)
+            tstore(_NET_COUNT, 0)
+        }
+        for (uint256 i; i < count; ++i) {
+            address token;
+            address to;
+            uint256 amount;
+            assembly ("memory-safe") {
+                let at := add(_NET_PAIRS, shl(1, i))
+                token := tload(at)
+                to := tload(add(at, 1))
+                tstore(at, 0)
+                tstore(add(at, 1), 0)
+                mstore(0x00, token)
+                mstore(0x20, to)
+                let key := keccak256(0x00, 0x40)
+                amount := tload(key)
+                tstore(key, 0)
+            }
+            _push(token, to, amount);
+        }
+    }
+
+    /// @dev A recipient that cannot receive (blocklisted, reverting hook) must not block the
+    /// settlement of everyone else: its payout becomes a credit it can withdraw later.
+    function _push(address token, address to, uint256 amount) private {
+        if (!IERC20(token).trySafeTransfer(to, amount)) {
+            _credits[token][to] += amount;
+            emit Credited(token, to, amount);
+        }
+    }
+}

@@ -1,0 +1,393 @@
+"""The engine's view of SettlementEscrow: call encoding, the packed batch format, payer
+signatures, and a small signer that sends locally signed transactions.
+
+The packed batch record layout is defined once in the contract's NatSpec of `settleBatch`;
+`encode_record` is its only Python writer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, Final, cast
+
+from eth_abi import encode
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_typing import Hash32
+from eth_utils import to_bytes, to_checksum_address
+from web3 import Web3
+from web3.contract import Contract
+from web3.contract.contract import ContractFunction
+from web3.exceptions import ContractLogicError
+from web3.types import Nonce, TxParams, TxReceipt, Wei
+
+from engine.chain.compiler import load_artifact
+from engine.chain.errors import ChainError
+from engine.chain.reverts import ContractReverted, decode_revert, revert_data
+from engine.domain.ids import PaymentTerms
+
+ESCROW_NAME: Final = "SettlementEscrow"
+GAS_SAFETY_PERCENT: Final = (
+    125  # estimates are exact on a quiet chain; state can move before mining
+)
+GAS_LIMIT_MAX: Final = 30_000_000
+
+
+class Method(IntEnum):
+    """How an authorization pulls the payer's funds (the contract's `Method`)."""
+
+    ALLOWANCE = 0
+    PERMIT = 1
+    ERC3009 = 2
+
+
+class Kind(IntEnum):
+    """A batch operation's kind (the contract's `Kind`)."""
+
+    AUTHORIZE = 0
+    CHARGE = 1
+    CAPTURE = 2
+    VOID = 3
+    REFUND = 4
+
+
+@dataclass(frozen=True)
+class Leg:
+    """An extra capture leg, paid out of the payer-signed fee budget."""
+
+    recipient: str
+    amount: int
+
+    def as_tuple(self) -> tuple[str, int]:
+        return (to_checksum_address(self.recipient), self.amount)
+
+
+def terms_tuple(terms: PaymentTerms) -> tuple[Any, ...]:
+    """The terms as the ABI tuple, in the struct's field order."""
+    return (
+        terms.payer,
+        terms.merchant,
+        terms.token,
+        terms.max_amount,
+        terms.authorization_expiry,
+        terms.refund_expiry,
+        terms.min_fee_bps,
+        terms.max_fee_bps,
+        terms.fee_receiver,
+        terms.operator,
+        terms.salt,
+    )
+
+
+_LEGS_TYPE: Final = "(address,uint120)[]"
+
+
+@dataclass(frozen=True)
+class BatchOp:
+    """One operation of `settleBatch`; build it with the class methods, which encode `data`."""
+
+    kind: Kind
+    terms: PaymentTerms
+    amount: int
+    seq: int = 0
+    fee_bps: int = 0
+    data: bytes = field(default=b"", repr=False)
+
+    @classmethod
+    def authorize(cls, terms: PaymentTerms, amount: int, method: Method, auth: bytes) -> BatchOp:
+        return cls(Kind.AUTHORIZE, terms, amount, data=encode(["uint8", "bytes"], [method, auth]))
+
+    @classmethod
+    def charge(
+        cls,
+        terms: PaymentTerms,
+        amount: int,
+        method: Method,
+        auth: bytes,
+        fee_bps: int,
+        legs: Sequence[Leg] = (),
+    ) -> BatchOp:
+        data = encode(
+            ["uint8", "bytes", _LEGS_TYPE], [method, auth, [leg.as_tuple() for leg in legs]]
+        )
+        return cls(Kind.CHARGE, terms, amount, fee_bps=fee_bps, data=data)
+
+    @classmethod
+    def capture(
+        cls, terms: PaymentTerms, seq: int, amount: int, fee_bps: int, legs: Sequence[Leg] = ()
+    ) -> BatchOp:
+        data = encode([_LEGS_TYPE], [[leg.as_tuple() for leg in legs]]) if legs else b""
+        return cls(Kind.CAPTURE, terms, amount, seq=seq, fee_bps=fee_bps, data=data)
+
+    @classmethod
+    def void(cls, terms: PaymentTerms, seq: int, amount: int) -> BatchOp:
+        return cls(Kind.VOID, terms, amount, seq=seq)
+
+    @classmethod
+    def refund(
+        cls, terms: PaymentTerms, seq: int, amount: int, *, merchant_funds: bool = False
+    ) -> BatchOp:
+        data = encode(["bool"], [True]) if merchant_funds else b""
+        return cls(Kind.REFUND, terms, amount, seq=seq, data=data)
+
+
+def _address(value: str) -> bytes:
+    return to_bytes(hexstr=value)
+
+
+def encode_record(op: BatchOp) -> bytes:
+    """One packed record: big-endian, unpadded, in the order the contract's NatSpec gives."""
+    t = op.terms
+    if len(op.data) > 0xFFFF:
+        raise ValueError("batch record data must fit in 65535 bytes")
+    return b"".join(
+        (
+            op.kind.to_bytes(1, "big"),
+            op.seq.to_bytes(2, "big"),
+            op.fee_bps.to_bytes(2, "big"),
+            op.amount.to_bytes(15, "big"),
+            _address(t.payer),
+            _address(t.merchant),
+            _address(t.token),
+            t.max_amount.to_bytes(15, "big"),
+            t.authorization_expiry.to_bytes(6, "big"),
+            t.refund_expiry.to_bytes(6, "big"),
+            t.min_fee_bps.to_bytes(2, "big"),
+            t.max_fee_bps.to_bytes(2, "big"),
+            _address(t.fee_receiver),
+            _address(t.operator),
+            t.salt.to_bytes(32, "big"),
+            len(op.data).to_bytes(2, "big"),
+            op.data,
+        )
+    )
+
+
+def encode_batch(ops: Iterable[BatchOp]) -> bytes:
+    return b"".join(encode_record(op) for op in ops)
+
+
+def sign_payment(payer: LocalAccount, payment_hash: bytes) -> bytes:
+    """The payer's consent to the terms: a signature over their EIP-712 hash (the payment id)."""
+    return bytes(payer.unsafe_sign_hash(Hash32(payment_hash)).signature)
+
+
+def permit_auth(
+    payer: LocalAccount,
+    token: Contract,
+    spender: str,
+    value: int,
+    deadline: int,
+    payment_hash: bytes,
+) -> bytes:
+    """`auth` for Method.PERMIT: an EIP-2612 permit for `value` plus the terms signature."""
+    name, version, chain_id, verifying = _eip712_domain(token)
+    nonce = token.functions.nonces(payer.address).call()
+    signed = Account.sign_typed_data(
+        payer.key,
+        full_message={
+            "types": {
+                "EIP712Domain": _DOMAIN_TYPES,
+                "Permit": [
+                    {"name": "owner", "type": "address"},
+                    {"name": "spender", "type": "address"},
+                    {"name": "value", "type": "uint256"},
+                    {"name": "nonce", "type": "uint256"},
+                    {"name": "deadline", "type": "uint256"},
+                ],
+            },
+            "primaryType": "Permit",
+            "domain": {
+                "name": name,
+                "version": version,
+                "chainId": chain_id,
+                "verifyingContract": verifying,
+            },
+            "message": {
+                "owner": payer.address,
+                "spender": spender,
+                "value": value,
+                "nonce": nonce,
+                "deadline": deadline,
+            },
+        },
+    )
+    return encode(
+        ["uint256", "uint8", "bytes32", "bytes32", "bytes"],
+        [
+            deadline,
+            signed.v,
+            signed.r.to_bytes(32, "big"),
+            signed.s.to_bytes(32, "big"),
+            sign_payment(payer, payment_hash),
+        ],
+    )
+
+
+def erc3009_auth(
+    payer: LocalAccount,
+    token: Contract,
+    escrow: str,
+    amount: int,
+    valid_after: int,
+    valid_before: int,
+    payment_hash: bytes,
+) -> bytes:
+    """`auth` for Method.ERC3009: receiveWithAuthorization signed with the payment id as nonce."""
+    name, version, chain_id, verifying = _eip712_domain(token)
+    signed = Account.sign_typed_data(
+        payer.key,
+        full_message={
+            "types": {
+                "EIP712Domain": _DOMAIN_TYPES,
+                "ReceiveWithAuthorization": [
+                    {"name": "from", "type": "address"},
+                    {"name": "to", "type": "address"},
+                    {"name": "value", "type": "uint256"},
+                    {"name": "validAfter", "type": "uint256"},
+                    {"name": "validBefore", "type": "uint256"},
+                    {"name": "nonce", "type": "bytes32"},
+                ],
+            },
+            "primaryType": "ReceiveWithAuthorization",
+            "domain": {
+                "name": name,
+                "version": version,
+                "chainId": chain_id,
+                "verifyingContract": verifying,
+            },
+            "message": {
+                "from": payer.address,
+                "to": escrow,
+                "value": amount,
+                "validAfter": valid_after,
+                "validBefore": valid_before,
+                "nonce": payment_hash,
+            },
+        },
+    )
+    return encode(
+        ["uint256", "uint256", "uint8", "bytes32", "bytes32"],
+        [
+            valid_after,
+            valid_before,
+            signed.v,
+            signed.r.to_bytes(32, "big"),
+            signed.s.to_bytes(32, "big"),
+        ],
+    )
+
+
+_DOMAIN_TYPES: Final = [
+    {"name": "name", "type": "string"},
+    {"name": "version", "type": "string"},
+    {"name": "chainId", "type": "uint256"},
+    {"name": "verifyingContract", "type": "address"},
+]
+
+
+def _eip712_domain(token: Contract) -> tuple[str, str, int, str]:
+    _, name, version, chain_id, verifying, _, _ = token.functions.eip712Domain().call()
+    return name, version, chain_id, verifying
+
+
+class TransactionFailed(ChainError):
+    """A mined transaction reverted though its simulation passed (state moved in between)."""
+
+    code = "transaction_failed"
+
+
+class Signer:
+    """Sends contract calls signed locally with one key, tracking its nonce itself.
+
+    This is the simple, synchronous path used by the demo, the gas report and contract tests;
+    the engine's transaction manager adds persistence, fee bumping and batching on top.
+    """
+
+    def __init__(self, w3: Web3, account: LocalAccount) -> None:
+        self.w3 = w3
+        self.account = account
+        self.address = account.address
+        self._nonce = 0
+        self.resync()
+
+    def resync(self) -> None:
+        """Re-reads the nonce from the chain (after a snapshot revert or an outside send)."""
+        self._nonce = self.w3.eth.get_transaction_count(self.address, "pending")
+
+    def send(self, call: ContractFunction, *, value: int = 0) -> TxReceipt:
+        """Simulates, signs, sends and waits; a revert raises ContractReverted by name."""
+        params: TxParams = {"from": self.address, "value": Wei(value)}
+        try:
+            gas = call.estimate_gas(params)
+        except ContractLogicError as error:
+            raise _decoded(error) from None
+        tx = call.build_transaction(
+            {
+                **params,
+                "nonce": Nonce(self._nonce),
+                "gas": min(gas * GAS_SAFETY_PERCENT // 100, GAS_LIMIT_MAX),
+                "chainId": self.w3.eth.chain_id,
+            }
+        )
+        signed = self.account.sign_transaction(cast(dict[str, Any], tx))
+        tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
+        self._nonce += 1
+        receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash)
+        if receipt["status"] != 1:
+            raise TransactionFailed(f"transaction {tx_hash.hex()} reverted when mined")
+        return receipt
+
+    def deploy(self, artifact_name: str, *args: Any) -> Contract:
+        """Deploys a checked-in artifact and returns the bound contract."""
+        artifact = load_artifact(artifact_name)
+        factory = self.w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
+        receipt = self.send(factory.constructor(*args))  # type: ignore[arg-type]
+        address = receipt["contractAddress"]
+        if address is None:
+            raise TransactionFailed(f"deploying {artifact_name} created no contract")
+        return self.w3.eth.contract(address=address, abi=artifact.abi)
+
+
+def _decoded(error: ContractLogicError) -> ContractReverted:
+    data = revert_data(error)
+    if data is None:
+        return ContractReverted("Reverted", {"message": str(error.message or error)})
+    return decode_revert(data)
+
+
+def bind(w3: Web3, artifact_name: str, address: str) -> Contract:
+    """A contract object for a deployed, checked-in artifact."""
+    return w3.eth.contract(
+        address=to_checksum_address(address), abi=load_artifact(artifact_name).abi
+    )
+
+
+def call_view(call: ContractFunction) -> Any:
+    """A view call whose revert is decoded like a transaction's."""
+    try:
+        return call.call()
+    except ContractLogicError as error:
+        raise _decoded(error) from None
+
+
+__all__ = [
+    "ESCROW_NAME",
+    "BatchOp",
+    "ContractReverted",
+    "Kind",
+    "Leg",
+    "Method",
+    "Signer",
+    "TransactionFailed",
+    "bind",
+    "call_view",
+    "encode_batch",
+    "encode_record",
+    "erc3009_auth",
+    "permit_auth",
+    "sign_payment",
+    "terms_tuple",
+]

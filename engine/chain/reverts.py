@@ -1,0 +1,90 @@
+"""Turns revert data into typed exceptions that name the contract's custom error.
+
+Every revert of the escrow is a custom error with arguments; a caller (CLI, API, relay) should
+see `AmountExceedsCapturable(amount=5, capturable=3)`, never a hex blob.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from functools import cache
+from typing import Any, ClassVar
+
+from eth_abi import decode
+from eth_utils import function_signature_to_4byte_selector, to_checksum_address
+
+from engine.chain.compiler import load_artifact
+from engine.chain.errors import ChainError
+
+# Solidity's built-in reverts, besides the contracts' custom errors.
+_BUILTIN: Mapping[str, tuple[tuple[str, str], ...]] = {
+    "Error": (("message", "string"),),
+    "Panic": (("code", "uint256"),),
+}
+_REVERT_CONTRACTS = ("SettlementEscrow", "TestStablecoin")
+
+
+class ContractReverted(ChainError):
+    """A call or transaction reverted; `error` and `args` name the custom error exactly."""
+
+    code: ClassVar[str] = "contract_reverted"
+
+    def __init__(self, error: str, args: Mapping[str, Any]) -> None:
+        self.error = error
+        self.args_by_name = dict(args)
+        shown = ", ".join(f"{key}={_show(value)}" for key, value in args.items())
+        super().__init__(f"{error}({shown})")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    return str(value)
+
+
+@cache
+def _errors_by_selector() -> dict[bytes, tuple[str, tuple[tuple[str, str], ...]]]:
+    entries: list[tuple[str, tuple[tuple[str, str], ...]]] = list(_BUILTIN.items())
+    for name in _REVERT_CONTRACTS:
+        entries.extend(_abi_errors(load_artifact(name).abi))
+    table = {}
+    for error, inputs in entries:
+        signature = f"{error}({','.join(kind for _, kind in inputs)})"
+        table[function_signature_to_4byte_selector(signature)] = (error, inputs)
+    return table
+
+
+def _abi_errors(abi: Iterable[Mapping[str, Any]]) -> list[tuple[str, tuple[tuple[str, str], ...]]]:
+    return [
+        (item["name"], tuple((i["name"], i["type"]) for i in item["inputs"]))
+        for item in abi
+        if item["type"] == "error"
+    ]
+
+
+def decode_revert(data: bytes) -> ContractReverted:
+    """The typed exception for revert `data`; unknown selectors still give a readable name."""
+    selector, payload = data[:4], data[4:]
+    known = _errors_by_selector().get(selector)
+    if known is None:
+        return ContractReverted("UnknownError", {"data": data})
+    error, inputs = known
+    try:
+        values = decode([kind for _, kind in inputs], payload)
+    except Exception:  # malformed revert data from a hostile contract: show it raw
+        return ContractReverted(error, {"data": payload})
+    args = {
+        name: to_checksum_address(value) if kind == "address" else value
+        for (name, kind), value in zip(inputs, values, strict=True)
+    }
+    return ContractReverted(error, args)
+
+
+def revert_data(error: BaseException) -> bytes | None:
+    """The revert data web3.py attached to a failed call, if any."""
+    data = getattr(error, "data", None)
+    if isinstance(data, dict):
+        data = data.get("data")
+    if isinstance(data, str) and data.startswith("0x"):
+        return bytes.fromhex(data[2:])
+    return None

@@ -1,0 +1,117 @@
+"""`settle`: the command line of the settlement engine.
+
+Every command that can fail because of its input prints one line `error[code]: message` and
+exits 2; reporting commands take `--json` for machines and print Rich tables for people.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from engine.chain import compiler
+from engine.chain.backend_errors import ChainBackendError
+from engine.chain.errors import ChainError
+from engine.domain.errors import DomainError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+contracts_app = typer.Typer(no_args_is_help=True, help="Compile the Solidity contracts.")
+app.add_typer(contracts_app, name="contracts")
+console = Console()
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def user_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """Turns the engine's typed errors into one clear line and exit code 2."""
+
+    @wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except (ChainError, ChainBackendError, DomainError) as error:
+            print(f"error[{error.code}]: {error}", file=sys.stderr)
+            raise typer.Exit(2) from None
+
+    return run
+
+
+@contracts_app.command("build")
+def contracts_build() -> None:
+    """Recompile contracts/ and write the checked-in artifacts."""
+    raise typer.Exit(compiler.cmd_build())
+
+
+@contracts_app.command("check")
+def contracts_check() -> None:
+    """Fail if the checked-in artifacts differ from what the sources compile to."""
+    raise typer.Exit(compiler.cmd_check())
+
+
+@app.command("gas-report")
+@user_errors
+def gas_report(as_json: JsonFlag = False) -> None:
+    """Gas of every escrow operation, from real receipts on anvil."""
+    from engine.chain.gas_report import (
+        BASELINE,
+        BATCH_TARGET_PER_PAYMENT,
+        measure,
+        measure_with_progress,
+        within_targets,
+    )
+
+    if as_json:
+        print(json.dumps(measure()))
+        return
+    report = measure_with_progress()
+    table = Table(title="SettlementEscrow gas (anvil, cancun, 100 TUSD, 1% fee)")
+    for column in ("operation", "gas", "baseline", "saved"):
+        table.add_column(column, justify="left" if column == "operation" else "right")
+    for name, gas in report["operations"].items():
+        baseline = BASELINE.get(name)
+        saved = f"{100 - 100 * gas / baseline:.1f}%" if baseline else "-"
+        table.add_row(name, f"{gas:,}", f"{baseline:,}" if baseline else "-", saved)
+    for size, gas in report["batch_capture_per_payment"].items():
+        target = f"<= {BATCH_TARGET_PER_PAYMENT:,}" if "netted" in size else "-"
+        table.add_row(f"batch capture, per payment: {size}", f"{gas:,}", target, "")
+    console.print(table)
+    misses = within_targets(report)
+    console.print("[green]every target met[/green]" if not misses else f"[red]{misses}[/red]")
+
+
+@app.command("demo")
+@user_errors
+def demo(as_json: JsonFlag = False) -> None:
+    """Walk one payment through the escrow on the embedded EVM."""
+    from engine import demo as walkthrough
+
+    if as_json:
+        print(json.dumps({"steps": [step.to_dict() for step in walkthrough.run()]}))
+        return
+    console.print("[bold]One payment on the embedded EVM[/bold] (balances: change since start)")
+    walkthrough.run(lambda step: console.print(_step_table(step, walkthrough.ASSET.format_amount)))
+
+
+def _step_table(step: Any, fmt: Callable[[int], str]) -> Table:
+    table = Table(
+        title=f"{step.name}: {step.gas_used:,} gas", title_justify="left", show_header=False
+    )
+    table.add_row(
+        "payment", f"capturable {fmt(step.capturable)}, refundable {fmt(step.refundable)}"
+    )
+    for party, delta in step.balances.items():
+        table.add_row(party, ("-" if delta < 0 else "+") + fmt(abs(delta)))
+    return table
+
+
+def main() -> None:
+    app()

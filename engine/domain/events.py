@@ -1,0 +1,244 @@
+"""Domain events: the immutable facts a payment's history is made of.
+
+Each event is one fact, named in the past tense, with a stable ``kind`` string that the store
+persists. ``to_dict`` gives ints and strings only (no floats, no bytes), so an event survives
+JSON and comes back from ``event_from_dict`` equal to what was written.
+
+Facts come from two places: a validated command (the ``decide_*`` functions in
+``engine.domain.payment``) or a confirmed chain log read by the indexer. ``at`` is unix seconds:
+the command's ``now`` or the block's timestamp.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from engine.domain.errors import DomainError, InvalidEvent, InvalidTime
+from engine.domain.ids import UINT48_MAX, IdPrefix, PaymentTerms, parse_id
+from engine.domain.money import EXTRA_LEGS_MAX, Leg, check_amount
+
+REASON_LENGTH_MAX = 200
+
+
+def check_time(value: object, field: str) -> int:
+    """Return ``value`` if it is unix seconds the escrow can store (a uint48)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= UINT48_MAX:
+        raise InvalidTime(f"{field} must be unix seconds between 0 and {UINT48_MAX}")
+    return value
+
+
+def _check_reason(value: object) -> None:
+    if not isinstance(value, str) or not 1 <= len(value) <= REASON_LENGTH_MAX:
+        raise InvalidEvent(f"reason must be a string of 1 to {REASON_LENGTH_MAX} characters")
+
+
+class Party(StrEnum):
+    PAYER = "payer"
+    MERCHANT = "merchant"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    kind: ClassVar[str]
+
+    payment_id: str
+    at: int
+
+    def __post_init__(self) -> None:
+        parse_id(self.payment_id, IdPrefix.PAYMENT)
+        check_time(self.at, "at")
+
+    def to_dict(self) -> dict[str, object]:
+        data: dict[str, object] = {"kind": self.kind}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, PaymentTerms):
+                data[f.name] = value.to_dict()
+            elif isinstance(value, tuple):
+                data[f.name] = [leg.to_dict() for leg in value]
+            elif isinstance(value, Party):
+                data[f.name] = value.value
+            else:
+                data[f.name] = value
+        return data
+
+
+@dataclass(frozen=True, kw_only=True)
+class PaymentRequested(Event):
+    """The engine accepted a payment and asked the escrow to hold ``amount`` under ``terms``."""
+
+    kind: ClassVar[str] = "payment_requested"
+    terms: PaymentTerms
+    amount: int
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.terms, PaymentTerms):
+            raise InvalidEvent("terms must be PaymentTerms")
+        check_amount(self.amount, "amount", positive=True)
+        if self.amount > self.terms.max_amount:
+            raise InvalidEvent("amount must not exceed the terms' max_amount")
+
+
+@dataclass(frozen=True, kw_only=True)
+class _AmountEvent(Event):
+    amount: int
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_amount(self.amount, "amount", positive=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Authorized(_AmountEvent):
+    """The escrow confirmed the hold: ``amount`` moved from the payer into escrow."""
+
+    kind: ClassVar[str] = "authorized"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Failed(Event):
+    """The hold never happened (e.g. the token pull reverted); no money moved."""
+
+    kind: ClassVar[str] = "failed"
+    reason: str
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_reason(self.reason)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Captured(_AmountEvent):
+    """``amount`` left the hold: ``fee`` to the fee receiver, ``legs`` to their recipients and
+    the rest (``merchant_net``) to the merchant, all in one transfer set."""
+
+    kind: ClassVar[str] = "captured"
+    fee: int
+    legs: tuple[Leg, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_amount(self.fee, "fee", positive=False)
+        if not isinstance(self.legs, tuple) or not all(isinstance(x, Leg) for x in self.legs):
+            raise InvalidEvent("legs must be a tuple of Leg")
+        if len(self.legs) > EXTRA_LEGS_MAX:
+            raise InvalidEvent(f"a capture has at most {EXTRA_LEGS_MAX} extra legs")
+        if self.merchant_net < 0:
+            raise InvalidEvent("fee and legs exceed the captured amount")
+
+    @property
+    def merchant_net(self) -> int:
+        return self.amount - self.fee - sum(leg.amount for leg in self.legs)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Voided(_AmountEvent):
+    """The operator released the whole remaining hold (``amount``) back to the payer."""
+
+    kind: ClassVar[str] = "voided"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reclaimed(_AmountEvent):
+    """The payer took the remaining hold (``amount``) back after the authorization expired.
+
+    Unlike a void this is the payer acting on an expired hold, so a payment with nothing
+    captured ends ``expired`` rather than ``canceled``.
+    """
+
+    kind: ClassVar[str] = "reclaimed"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Refunded(_AmountEvent):
+    """``amount`` of captured money went back to the payer."""
+
+    kind: ClassVar[str] = "refunded"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DisputeOpened(_AmountEvent):
+    """The payer disputed ``amount`` of captured money; it is frozen until resolved."""
+
+    kind: ClassVar[str] = "dispute_opened"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DisputeResolved(Event):
+    """The arbiter decided the open dispute; the payer winning returns the frozen amount."""
+
+    kind: ClassVar[str] = "dispute_resolved"
+    winner: Party
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.winner, Party):
+            raise InvalidEvent("winner must be a Party")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Conflicted(Event):
+    """Reconciliation found the chain, the ledger or the PSP disagreeing about this payment."""
+
+    kind: ClassVar[str] = "conflicted"
+    reason: str
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_reason(self.reason)
+
+
+EVENT_TYPES: Mapping[str, type[Event]] = {
+    cls.kind: cls
+    for cls in (
+        PaymentRequested,
+        Authorized,
+        Failed,
+        Captured,
+        Voided,
+        Reclaimed,
+        Refunded,
+        DisputeOpened,
+        DisputeResolved,
+        Conflicted,
+    )
+}
+
+
+def _decode(field_type: object, value: object) -> object:
+    if field_type is PaymentTerms:
+        if not isinstance(value, Mapping):
+            raise InvalidEvent("terms must be an object")
+        return PaymentTerms.from_dict(value)
+    if field_type == tuple[Leg, ...]:
+        if not isinstance(value, list) or not all(isinstance(x, Mapping) for x in value):
+            raise InvalidEvent("legs must be a list of objects")
+        if any(set(x) != {"recipient", "amount"} for x in value):
+            raise InvalidEvent("a leg needs exactly recipient and amount")
+        return tuple(Leg(recipient=x["recipient"], amount=x["amount"]) for x in value)
+    if field_type is Party:
+        if not isinstance(value, str) or value not in set(Party):
+            raise InvalidEvent(f"winner must be one of {sorted(Party)}")
+        return Party(value)
+    return value  # ints and strings are checked by the event's own __post_init__
+
+
+def event_from_dict(data: Mapping[str, object]) -> Event:
+    """Rebuild an event from ``Event.to_dict`` output, validating it like a new one."""
+    kind = data.get("kind")
+    cls = EVENT_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise InvalidEvent(f"unknown event kind {kind!r}")
+    event_fields = {f.name: f.type for f in fields(cls)}
+    if set(data) != {"kind", *event_fields}:
+        raise InvalidEvent(f"a {kind} event needs exactly the fields {sorted(event_fields)}")
+    try:
+        # Any: each value's type is checked by the event's own __post_init__.
+        values: dict[str, Any] = {name: _decode(t, data[name]) for name, t in event_fields.items()}
+        return cls(**values)
+    except InvalidEvent:
+        raise
+    except DomainError as error:
+        raise InvalidEvent(f"malformed {kind} event: {error.message}") from error

@@ -1,0 +1,166 @@
+"""Opening and migrating the SQL database that holds the engine's state.
+
+SQLite is the embedded default and PostgreSQL the backend for several workers (DESIGN §6).
+Every difference between the two lives in this module, so the rest of `engine.store` is one
+code path that reads and writes through SQLAlchemy Core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import URL, make_url
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+# A writer waits this long for SQLite's single write lock before giving up with
+# "database is locked"; long enough to ride out another writer's commit.
+SQLITE_BUSY_TIMEOUT_MS = 5_000
+
+# PostgreSQL advisory-lock keys; any fixed 64-bit numbers that no other tool on the same
+# database uses. They spell "settle" in hex, plus a counter.
+_APPEND_LOCK_KEY = 0x736574746C650001
+_MIGRATION_LOCK_KEY = 0x736574746C650002
+
+# Execution option that marks a connection as a read-only snapshot (see Database.snapshot).
+_SNAPSHOT_OPTION = "settle_snapshot"
+
+
+class UnsupportedDatabase(ValueError):
+    """The URL names a database the engine does not run on."""
+
+    code = "unsupported_database"
+
+
+def normalise_url(url: str) -> URL:
+    """Parse a database URL and pin the driver the engine is tested with.
+
+    A plain `postgresql://` (or Heroku-style `postgres://`) URL would make SQLAlchemy pick
+    psycopg2, which is not installed; psycopg 3 is.
+    """
+    parsed = make_url(url)
+    if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
+        return parsed
+    if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg"):
+        return parsed.set(drivername="postgresql+psycopg")
+    shown = parsed.render_as_string(hide_password=True)
+    raise UnsupportedDatabase(
+        f"unsupported database URL {shown}: use sqlite:///PATH or postgresql://USER@HOST/DB"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Database:
+    """An open database: the SQLAlchemy engine plus the transaction shapes the store needs."""
+
+    engine: Engine
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A read-write transaction, committed when the block exits without an exception.
+
+        On SQLite it starts with BEGIN IMMEDIATE: taking the single write lock up front makes a
+        second writer wait (busy timeout) instead of failing when it upgrades a read lock.
+        """
+        with self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Connection]:
+        """A read-only transaction that sees one consistent state of the whole database.
+
+        Audits and replays read many rows in several statements; under PostgreSQL's default
+        READ COMMITTED a concurrent append could land between two of them.
+        """
+        with self.engine.connect() as conn:
+            conn.execution_options(**{_SNAPSHOT_OPTION: True})
+            if self.dialect == "postgresql":
+                conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+            with conn.begin():
+                yield conn
+
+    def lock_for_append(self, conn: Connection) -> None:
+        """Hold the event log's append lock until `conn`'s transaction ends.
+
+        Appends commit one at a time so that global event positions become visible in order:
+        a projection tailing `read_all(after_position)` can then never skip an event that a
+        slower transaction commits later with a smaller position. SQLite already allows one
+        writer at a time (BEGIN IMMEDIATE), PostgreSQL takes a transaction advisory lock.
+        Callers keep event-writing transactions short for that reason.
+        """
+        if conn.get_execution_options().get(_SNAPSHOT_OPTION):
+            raise RuntimeError("appending needs Database.transaction(), not a snapshot")
+        if self.dialect == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _APPEND_LOCK_KEY})
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def open_database(url: str) -> Database:
+    """Open `url` (SQLite file or PostgreSQL); the schema must be migrated with `upgrade`."""
+    parsed = normalise_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return Database(_sqlite_engine(parsed))
+    return Database(create_engine(parsed))
+
+
+def upgrade(url: str) -> None:
+    """Migrate the database at `url` to the newest schema; a no-op when it is already there.
+
+    Runs in one transaction (DDL is transactional on both backends), so a failed migration
+    leaves the previous schema intact. Concurrent callers on PostgreSQL queue on an advisory
+    lock instead of racing to create the same tables.
+    """
+    database = open_database(url)
+    try:
+        with database.transaction() as conn:
+            if database.dialect == "postgresql":
+                conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
+                )
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS_DIR))
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+    finally:
+        database.dispose()
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take BEGIN away from the sqlite3 module (it skips it before SELECT and DDL) so that
+        # SQLAlchemy's transactions are real SQLite transactions; _on_begin emits it instead.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            # WAL lets readers run beside the one writer. synchronous stays at its FULL
+            # default: NORMAL would trade the last commits on power loss for speed.
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = "DEFERRED" if conn.get_execution_options().get(_SNAPSHOT_OPTION) else "IMMEDIATE"
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine

@@ -1,0 +1,402 @@
+"""The append-only, hash-chained event store (DESIGN §5.2 and §5.5).
+
+Events are appended inside the caller's transaction, so that a command's events, its outbox
+row and its ledger entries commit together or not at all. Each stream is a hash chain:
+
+    hash = sha256(prev_hash || canonical_json([stream_id, version, kind, payload, occurred_at]))
+
+with 32 zero bytes before the first event. Editing, reordering or deleting a stored event
+breaks the chain, and `verify` finds where. There is deliberately no update or delete.
+
+Payloads are JSON built from dicts, lists, strings, ints and bools only: floats have no place
+near money (DESIGN §3), and null is left out so that "absent" has one spelling (omit the key).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import ClassVar, NamedTuple, TypeAlias, cast
+
+from sqlalchemy import Connection, Row, exists, insert, select, update
+
+from engine.store.db import Database
+from engine.store.schema import (
+    HASH_BYTES,
+    KIND_LENGTH_MAX,
+    STREAM_ID_LENGTH_MAX,
+    events,
+    streams,
+)
+
+Json: TypeAlias = int | str | bool | list["Json"] | dict[str, "Json"]
+Payload: TypeAlias = dict[str, Json]
+
+GENESIS_HASH = bytes(HASH_BYTES)
+
+EVENTS_PER_APPEND_MAX = 1_000
+PAYLOAD_BYTES_MAX = 65_536
+PAYLOAD_DEPTH_MAX = 32
+# Wide enough for any uint256 amount and its negation; bounds the cost of int-to-text.
+PAYLOAD_INT_MAGNITUDE_LIMIT = 2**256
+READ_ALL_LIMIT_MAX = 10_000
+_VERIFY_FETCH_ROWS = 1_000
+_OCCURRED_AT_LIMIT = 2**63
+
+
+class StoreError(Exception):
+    """An error a caller can cause, with a stable machine-readable code."""
+
+    code: ClassVar[str]
+
+
+class ConcurrencyConflict(StoreError):
+    """The stream moved on since the caller read it; reload, re-decide and retry."""
+
+    code = "conflict"
+
+    def __init__(self, stream_id: str, expected_version: int, actual_version: int) -> None:
+        super().__init__(
+            f"stream {stream_id!r} is at version {actual_version}, "
+            f"not the expected {expected_version}"
+        )
+        self.stream_id = stream_id
+        self.expected_version = expected_version
+        self.actual_version = actual_version
+
+
+class InvalidEvent(StoreError):
+    """The event cannot be stored as given (for example a float in its payload)."""
+
+    code = "invalid_event"
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    kind: str
+    payload: Mapping[str, Json]
+    occurred_at: int  # unix seconds, from the caller's clock
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    position: int  # global order over all streams
+    stream_id: str
+    version: int  # 1 for a stream's first event
+    kind: str
+    payload: Payload
+    occurred_at: int
+    hash: bytes
+    prev_hash: bytes
+
+
+class ChainBreak(NamedTuple):
+    stream_id: str
+    version: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditResult:
+    streams: int
+    events: int
+    first_bad: ChainBreak | None
+
+    @property
+    def ok(self) -> bool:
+        return self.first_bad is None
+
+
+def canonical_json(value: Json | Sequence[Json]) -> str:
+    """The one text form of a JSON value: sorted keys, no spaces, UTF-8 kept as is."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+def chain_hash(
+    prev_hash: bytes,
+    stream_id: str,
+    version: int,
+    kind: str,
+    payload: Payload,
+    occurred_at: int,
+) -> bytes:
+    document = canonical_json([stream_id, version, kind, payload, occurred_at])
+    return hashlib.sha256(prev_hash + document.encode("utf-8")).digest()
+
+
+class EventStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def append(
+        self,
+        conn: Connection,
+        stream_id: str,
+        expected_version: int,
+        new_events: Sequence[NewEvent],
+    ) -> list[StoredEvent]:
+        """Append `new_events` to a stream that must be at `expected_version` (0: new stream).
+
+        Runs in the caller's transaction and writes nothing before every check has passed, so
+        a ConcurrencyConflict or InvalidEvent leaves the transaction as it was.
+        """
+        _check_text("stream_id", stream_id, STREAM_ID_LENGTH_MAX)
+        if isinstance(expected_version, bool) or not isinstance(expected_version, int):
+            raise InvalidEvent("expected_version must be an int")
+        if expected_version < 0:
+            raise InvalidEvent("expected_version must not be negative")
+        if not 1 <= len(new_events) <= EVENTS_PER_APPEND_MAX:
+            raise InvalidEvent(f"append 1 to {EVENTS_PER_APPEND_MAX} events at a time")
+        checked = [_checked(event) for event in new_events]
+
+        self._db.lock_for_append(conn)
+        head = conn.execute(
+            select(streams.c.version, streams.c.head_hash).where(streams.c.stream_id == stream_id)
+        ).one_or_none()
+        actual_version = 0 if head is None else head.version
+        if actual_version != expected_version:
+            raise ConcurrencyConflict(stream_id, expected_version, actual_version)
+
+        prev_hash = GENESIS_HASH if head is None else bytes(head.head_hash)
+        stored: list[StoredEvent] = []
+        rows: list[dict[str, object]] = []
+        for version, (kind, payload, payload_text, occurred_at) in enumerate(
+            checked, expected_version + 1
+        ):
+            event_hash = chain_hash(prev_hash, stream_id, version, kind, payload, occurred_at)
+            # Position 0 until the database assigns the real one below.
+            stored.append(
+                StoredEvent(
+                    0, stream_id, version, kind, payload, occurred_at, event_hash, prev_hash
+                )
+            )
+            rows.append(
+                {
+                    "stream_id": stream_id,
+                    "version": version,
+                    "kind": kind,
+                    "payload": payload_text,
+                    "occurred_at": occurred_at,
+                    "hash": event_hash,
+                    "prev_hash": prev_hash,
+                }
+            )
+            prev_hash = event_hash
+        last = stored[-1]
+
+        if head is None:
+            conn.execute(
+                insert(streams).values(
+                    stream_id=stream_id, version=last.version, head_hash=last.hash
+                )
+            )
+        else:
+            moved = conn.execute(
+                update(streams)
+                .where(streams.c.stream_id == stream_id, streams.c.version == expected_version)
+                .values(version=last.version, head_hash=last.hash)
+            )
+            if moved.rowcount != 1:
+                raise ConcurrencyConflict(stream_id, expected_version, actual_version)
+
+        inserted = conn.execute(insert(events).returning(events.c.version, events.c.position), rows)
+        positions = {row.version: row.position for row in inserted}
+        return [replace(event, position=positions[event.version]) for event in stored]
+
+    def read(self, conn: Connection, stream_id: str, from_version: int = 0) -> list[StoredEvent]:
+        """The stream's events with a version above `from_version` (the version already known)."""
+        rows = conn.execute(
+            select(events)
+            .where(events.c.stream_id == stream_id, events.c.version > from_version)
+            .order_by(events.c.version)
+        )
+        return [_stored(row) for row in rows]
+
+    def read_all(self, conn: Connection, after_position: int, limit: int) -> list[StoredEvent]:
+        """Up to `limit` events of every stream with a position above `after_position`."""
+        if not 1 <= limit <= READ_ALL_LIMIT_MAX:
+            raise ValueError(f"limit must be 1 to {READ_ALL_LIMIT_MAX}")
+        rows = conn.execute(
+            select(events)
+            .where(events.c.position > after_position)
+            .order_by(events.c.position)
+            .limit(limit)
+        )
+        return [_stored(row) for row in rows]
+
+    def verify(self, conn: Connection) -> AuditResult:
+        """Recompute every stream's hash chain and compare it with what is stored.
+
+        Pass a `Database.snapshot()` connection when appends may run concurrently. Events are
+        fetched in batches and checked one stream at a time, so memory holds one stream.
+        """
+        first_bad: ChainBreak | None = None
+        stream_count = 0
+        event_count = 0
+        for stream_id, head_version, head_hash, rows in _streams_with_events(conn):
+            stream_count += 1
+            event_count += len(rows)
+            if first_bad is None:
+                first_bad = _check_stream(stream_id, head_version, head_hash, rows)
+        orphans = conn.execute(
+            select(streams.c.stream_id, streams.c.version)
+            .where(~exists().where(events.c.stream_id == streams.c.stream_id))
+            .order_by(streams.c.stream_id)
+        ).all()
+        stream_count += len(orphans)
+        if first_bad is None and orphans:
+            stream_id, version = orphans[0]
+            first_bad = ChainBreak(stream_id, version, "stream head has no events")
+        return AuditResult(stream_count, event_count, first_bad)
+
+
+def _checked(event: NewEvent) -> tuple[str, Payload, str, int]:
+    """The event's kind, a plain copy of its payload, that payload's canonical text, its time."""
+    _check_text("kind", event.kind, KIND_LENGTH_MAX)
+    occurred_at = event.occurred_at
+    if isinstance(occurred_at, bool) or not isinstance(occurred_at, int):
+        raise InvalidEvent("occurred_at must be int unix seconds")
+    if not 0 <= occurred_at < _OCCURRED_AT_LIMIT:
+        raise InvalidEvent("occurred_at is out of range")
+    if not isinstance(event.payload, Mapping):
+        raise InvalidEvent("payload must be a JSON object")
+    payload = cast(Payload, _plain_json(event.payload, "payload", 0))
+    payload_text = canonical_json(payload)
+    if len(payload_text.encode("utf-8")) > PAYLOAD_BYTES_MAX:
+        raise InvalidEvent(f"payload exceeds {PAYLOAD_BYTES_MAX} bytes")
+    return event.kind, payload, payload_text, occurred_at
+
+
+def _plain_json(value: object, path: str, depth: int) -> Json:
+    """A fresh copy of `value` made of dict, list, str, int and bool, or InvalidEvent.
+
+    The copy is what gets stored and returned, so later changes to the caller's objects
+    cannot make a StoredEvent disagree with its row.
+    """
+    if depth > PAYLOAD_DEPTH_MAX:
+        raise InvalidEvent(f"{path}: nested deeper than {PAYLOAD_DEPTH_MAX} levels")
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if not -PAYLOAD_INT_MAGNITUDE_LIMIT < value < PAYLOAD_INT_MAGNITUDE_LIMIT:
+            raise InvalidEvent(f"{path}: integer exceeds a uint256 in magnitude")
+        return int(value)
+    if isinstance(value, str):
+        if not _is_utf8(value):
+            raise InvalidEvent(f"{path}: string is not valid Unicode text")
+        return str(value)
+    if isinstance(value, float):
+        raise InvalidEvent(f"{path}: floats are not allowed; use integer minor units")
+    if isinstance(value, list):
+        return [
+            _plain_json(item, f"{path}[{index}]", depth + 1) for index, item in enumerate(value)
+        ]
+    if isinstance(value, Mapping):
+        plain: dict[str, Json] = {}
+        for key, item in value.items():
+            if not isinstance(key, str) or not _is_utf8(key):
+                raise InvalidEvent(f"{path}: object keys must be strings")
+            plain[key] = _plain_json(item, f"{path}[{key!r}]", depth + 1)
+        return plain
+    raise InvalidEvent(
+        f"{path}: {type(value).__name__} is not allowed; use dict, list, str, int or bool"
+    )
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates
+        return False
+    return True
+
+
+def _check_text(name: str, value: object, length_max: int) -> None:
+    if not isinstance(value, str) or not 1 <= len(value) <= length_max:
+        raise InvalidEvent(f"{name} must be a string of 1 to {length_max} characters")
+
+
+def _stored(row: Row[object]) -> StoredEvent:
+    return StoredEvent(
+        row.position,
+        row.stream_id,
+        row.version,
+        row.kind,
+        json.loads(row.payload),
+        row.occurred_at,
+        bytes(row.hash),
+        bytes(row.prev_hash),
+    )
+
+
+def _streams_with_events(
+    conn: Connection,
+) -> Iterator[tuple[str, int | None, bytes | None, list[Row[object]]]]:
+    """Each stream's head and its events in version order, one stream at a time.
+
+    Streams are told apart by equality only, so the database's collation order never has to
+    agree with Python's string order.
+    """
+    query = (
+        select(events, streams.c.version.label("head_version"), streams.c.head_hash)
+        .select_from(events.outerjoin(streams, streams.c.stream_id == events.c.stream_id))
+        .order_by(events.c.stream_id, events.c.version)
+        .execution_options(yield_per=_VERIFY_FETCH_ROWS)
+    )
+    current: list[Row[object]] = []
+    for row in conn.execute(query):
+        if current and row.stream_id != current[0].stream_id:
+            yield _stream_group(current)
+            current = []
+        current.append(row)
+    if current:
+        yield _stream_group(current)
+
+
+def _stream_group(
+    rows: list[Row[object]],
+) -> tuple[str, int | None, bytes | None, list[Row[object]]]:
+    first = rows[0]
+    head_hash = None if first.head_hash is None else bytes(first.head_hash)
+    return first.stream_id, first.head_version, head_hash, rows
+
+
+def _check_stream(
+    stream_id: str, head_version: int | None, head_hash: bytes | None, rows: list[Row[object]]
+) -> ChainBreak | None:
+    prev_hash = GENESIS_HASH
+    for expected_version, row in enumerate(rows, 1):
+        version = row.version
+        if version != expected_version:
+            return ChainBreak(stream_id, version, f"version gap: expected {expected_version}")
+        if bytes(row.prev_hash) != prev_hash:
+            return ChainBreak(stream_id, version, "prev_hash does not link to the previous event")
+        try:
+            payload = json.loads(
+                row.payload, parse_float=_reject_number, parse_constant=_reject_number
+            )
+            canonical = canonical_json(payload)
+        except ValueError:
+            return ChainBreak(stream_id, version, "payload is not valid JSON without floats")
+        if canonical != row.payload:
+            return ChainBreak(stream_id, version, "payload is not in canonical form")
+        recomputed = chain_hash(prev_hash, stream_id, version, row.kind, payload, row.occurred_at)
+        if recomputed != bytes(row.hash):
+            return ChainBreak(stream_id, version, "hash does not match the event's content")
+        prev_hash = recomputed
+    last_version = len(rows)
+    if head_version is None:
+        return ChainBreak(stream_id, last_version, "events have no stream head")
+    if head_version != last_version or head_hash != prev_hash:
+        return ChainBreak(
+            stream_id, head_version, f"stream head disagrees with its last event {last_version}"
+        )
+    return None
+
+
+def _reject_number(text: str) -> float:
+    raise ValueError(f"non-integer number {text} in a stored payload")
