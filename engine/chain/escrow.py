@@ -27,6 +27,7 @@ from engine.chain.compiler import load_artifact
 from engine.chain.errors import ChainError
 from engine.chain.reverts import ContractReverted, decode_revert, revert_data
 from engine.domain.ids import PaymentTerms
+from engine.domain.money import Leg
 
 ESCROW_NAME: Final = "SettlementEscrow"
 GAS_SAFETY_PERCENT: Final = (
@@ -53,15 +54,9 @@ class Kind(IntEnum):
     REFUND = 4
 
 
-@dataclass(frozen=True)
-class Leg:
-    """An extra capture leg, paid out of the payer-signed fee budget."""
-
-    recipient: str
-    amount: int
-
-    def as_tuple(self) -> tuple[str, int]:
-        return (to_checksum_address(self.recipient), self.amount)
+def legs_tuple(legs: Sequence[Leg]) -> list[tuple[str, int]]:
+    """Extra capture legs as the ABI's (address,uint120)[]."""
+    return [(leg.recipient, leg.amount) for leg in legs]
 
 
 def terms_tuple(terms: PaymentTerms) -> tuple[Any, ...]:
@@ -109,16 +104,14 @@ class BatchOp:
         fee_bps: int,
         legs: Sequence[Leg] = (),
     ) -> BatchOp:
-        data = encode(
-            ["uint8", "bytes", _LEGS_TYPE], [method, auth, [leg.as_tuple() for leg in legs]]
-        )
+        data = encode(["uint8", "bytes", _LEGS_TYPE], [method, auth, legs_tuple(legs)])
         return cls(Kind.CHARGE, terms, amount, fee_bps=fee_bps, data=data)
 
     @classmethod
     def capture(
         cls, terms: PaymentTerms, seq: int, amount: int, fee_bps: int, legs: Sequence[Leg] = ()
     ) -> BatchOp:
-        data = encode([_LEGS_TYPE], [[leg.as_tuple() for leg in legs]]) if legs else b""
+        data = encode([_LEGS_TYPE], [legs_tuple(legs)]) if legs else b""
         return cls(Kind.CAPTURE, terms, amount, seq=seq, fee_bps=fee_bps, data=data)
 
     @classmethod
@@ -387,6 +380,7 @@ __all__ = [
     "encode_batch",
     "encode_record",
     "erc3009_auth",
+    "legs_tuple",
     "permit_auth",
     "sign_payment",
     "terms_tuple",

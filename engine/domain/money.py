@@ -22,7 +22,7 @@ AMOUNT_MAX = 2**120 - 1
 DECIMALS_MAX = 36
 SYMBOL_LENGTH_MAX = 16
 # Bounds the legs of one capture; the escrow loops over them on chain, so they cost gas.
-EXTRA_LEGS_MAX = 8
+EXTRA_LEGS_MAX = 4  # the escrow's LEGS_MAX: it loops over them on chain
 ZERO_ADDRESS = "0x" + "00" * 20
 
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
