@@ -36,8 +36,8 @@ contracts-check: setup
 	$(BIN)/settle contracts check
 
 lint: setup
-	$(BIN)/ruff check engine api scripts tests
-	$(BIN)/ruff format --check engine api scripts tests
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 slither: setup $(STAMP_TOOLS)

@@ -20,10 +20,18 @@ from engine.chain import compiler
 from engine.chain.backend_errors import ChainBackendError
 from engine.chain.errors import ChainError
 from engine.domain.errors import DomainError
+from engine.store.db import UnsupportedDatabase
+from engine.store.event_store import StoreError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 contracts_app = typer.Typer(no_args_is_help=True, help="Compile the Solidity contracts.")
 app.add_typer(contracts_app, name="contracts")
+db_app = typer.Typer(no_args_is_help=True, help="Create and migrate the engine's database.")
+app.add_typer(db_app, name="db")
+audit_app = typer.Typer(no_args_is_help=True, help="Check the event store's integrity.")
+app.add_typer(audit_app, name="audit")
+DEFAULT_DB_URL = "sqlite:///var/settle.db"
+DbUrl = Annotated[str, typer.Option("--db", envvar="SETTLE_DB", help="SQLite or PostgreSQL URL.")]
 console = Console()
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
@@ -38,7 +46,13 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return command(*args, **kwargs)
-        except (ChainError, ChainBackendError, DomainError) as error:
+        except (
+            ChainError,
+            ChainBackendError,
+            DomainError,
+            StoreError,
+            UnsupportedDatabase,
+        ) as error:
             print(f"error[{error.code}]: {error}", file=sys.stderr)
             raise typer.Exit(2) from None
 
@@ -55,6 +69,52 @@ def contracts_build() -> None:
 def contracts_check() -> None:
     """Fail if the checked-in artifacts differ from what the sources compile to."""
     raise typer.Exit(compiler.cmd_check())
+
+
+@db_app.command("upgrade")
+@user_errors
+def db_upgrade(db: DbUrl = DEFAULT_DB_URL) -> None:
+    """Create the database (a SQLite file's folder too) and migrate it to the latest schema."""
+    from engine.store.db import upgrade
+
+    _ensure_sqlite_folder(db)
+    upgrade(db)
+    console.print("[green]database at the latest schema[/green]")
+
+
+@audit_app.command("verify")
+@user_errors
+def audit_verify(db: DbUrl = DEFAULT_DB_URL, as_json: JsonFlag = False) -> None:
+    """Recompute every stream's hash chain; exit 1 if any event was altered."""
+    from engine.store.db import open_database
+    from engine.store.event_store import EventStore
+
+    database = open_database(db)
+    try:
+        with database.snapshot() as conn:
+            result = EventStore(database).verify(conn)
+    finally:
+        database.dispose()
+    report: dict[str, Any] = {"ok": result.ok, "streams": result.streams, "events": result.events}
+    if result.first_bad is not None:
+        report["first_bad"] = result.first_bad._asdict()
+    if as_json:
+        print(json.dumps(report))
+    else:
+        verdict = "[green]intact[/green]" if result.ok else f"[red]broken: {result.first_bad}[/red]"
+        console.print(f"{result.streams} streams, {result.events} events: {verdict}")
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def _ensure_sqlite_folder(url: str) -> None:
+    from pathlib import Path
+
+    from engine.store.db import normalise_url
+
+    parsed = normalise_url(url)
+    if parsed.drivername.startswith("sqlite") and parsed.database:
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
 
 
 @app.command("gas-report")

@@ -662,7 +662,8 @@ times = st.integers(0, 2**48 - 1)
 amounts = st.integers(1, 2**120 - 1)
 reasons = st.text(min_size=1, max_size=200)
 legs = st.lists(
-    st.builds(Leg, recipient=st.just(PARTNER), amount=st.integers(1, 1_000)), max_size=EXTRA_LEGS_MAX
+    st.builds(Leg, recipient=st.just(PARTNER), amount=st.integers(1, 1_000)),
+    max_size=EXTRA_LEGS_MAX,
 ).map(tuple)
 EVENT_STRATEGIES: dict[str, st.SearchStrategy[Event]] = {
     PaymentRequested.kind: st.builds(

@@ -1,0 +1,114 @@
+"""What every escrow contract test checks besides its own assertions.
+
+* Money is conserved: a movement only shifts tokens between known parties (`Balances`).
+* A reverted call changes nothing: no balance, no payment, no dispute (`reverts_with`).
+* The escrow is solvent: its token balance is exactly what it owes, i.e. Σ capturable +
+  Σ frozen by open disputes + Σ credits (`assert_solvent`).
+
+The escrow state is discovered from its own logs since genesis. That is sound because the
+`world` fixture reverts the chain to the just-deployed escrow after every test, so every log
+seen belongs to the running test.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from web3.logs import DISCARD
+from web3.types import TxReceipt
+
+from engine.chain.escrow import ContractReverted, bind
+from engine.chain.localnet import STABLECOIN_NAME, LocalDeployment
+
+SIGNER_NAMES = (
+    "admin",
+    "operator",
+    "arbiter",
+    "pauser",
+    "payer",
+    "merchant",
+    "fee_receiver",
+    "other",
+)
+
+
+class Balances:
+    """Token balances of every account a test can pay, read again after each movement.
+
+    Pass every extra recipient (e.g. a leg's ledger account) by name: an unknown recipient
+    shows up as tokens that vanished."""
+
+    def __init__(self, world: LocalDeployment, **extra: str) -> None:
+        self._world = world
+        self._parties = {name: getattr(world, name).address for name in SIGNER_NAMES}
+        self._parties["escrow"] = world.escrow.address
+        self._parties.update(extra)
+        self._last = self._read()
+
+    def _read(self) -> dict[str, int]:
+        return {name: self._world.balance(address) for name, address in self._parties.items()}
+
+    def moved(self) -> dict[str, int]:
+        """The non-zero balance changes by party since the last look; asserts none leaked."""
+        now = self._read()
+        changes = {name: now[name] - self._last[name] for name in now if now[name] != self._last[name]}
+        self._last = now
+        assert sum(changes.values()) == 0, f"tokens appeared or vanished: {changes}"
+        return changes
+
+
+def emitted(world: LocalDeployment, receipt: TxReceipt, event: str) -> list[dict[str, Any]]:
+    """The arguments of each `event` the escrow emitted in the transaction, in log order."""
+    logs = world.escrow.events[event]().process_receipt(receipt, errors=DISCARD)
+    return [dict(log["args"]) for log in logs]
+
+
+def _payment_ids(world: LocalDeployment) -> dict[bytes, str]:
+    """Every payment the escrow ever held, with its token."""
+    logs = world.escrow.events.Authorized().get_logs(from_block=0)
+    return {log["args"]["paymentId"]: log["args"]["terms"]["token"] for log in logs}
+
+
+def _escrow_view(world: LocalDeployment) -> dict[bytes, tuple[Any, ...]]:
+    escrow = world.escrow.functions
+    return {
+        payment_id: (*escrow.payments(payment_id).call(), *escrow.disputes(payment_id).call())
+        for payment_id in _payment_ids(world)
+    }
+
+
+def assert_solvent(world: LocalDeployment) -> None:
+    """token.balanceOf(escrow) == Σ capturable + Σ open dispute amounts + Σ credits, per token."""
+    escrow = world.escrow.functions
+    owed: Counter[str] = Counter({world.token.address: 0})
+    for payment_id, token in _payment_ids(world).items():
+        capturable, _, _ = escrow.payments(payment_id).call()
+        frozen, _ = escrow.disputes(payment_id).call()
+        owed[token] += capturable + frozen
+    credited = {
+        (log["args"]["token"], log["args"]["account"])
+        for log in world.escrow.events.Credited().get_logs(from_block=0)
+    }
+    for token, account in credited:
+        owed[token] += escrow.credits(token, account).call()
+    for token, amount in owed.items():
+        held = world.balance(world.escrow.address, bind(world.backend.w3, STABLECOIN_NAME, token))
+        assert held == amount, f"escrow holds {held} of {token} but owes {amount}"
+
+
+@contextmanager
+def reverts_with(world: LocalDeployment, error: str, **args: Any) -> Iterator[None]:
+    """Expects the block to revert with the custom `error` (and these of its arguments), and
+    checks the revert left every balance, payment and dispute as it was."""
+    balances = Balances(world)
+    before = _escrow_view(world)
+    with pytest.raises(ContractReverted) as caught:
+        yield
+    assert caught.value.error == error, f"expected {error}, got {caught.value}"
+    assert {name: caught.value.args_by_name.get(name) for name in args} == args, caught.value
+    assert balances.moved() == {}
+    assert _escrow_view(world) == before
