@@ -122,6 +122,9 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
     mapping(bytes32 paymentId => uint256 packed) private _payments;
     mapping(bytes32 paymentId => Dispute) private _disputes;
     mapping(address token => mapping(address account => uint256)) private _credits;
+    /// @dev Who may pull a merchant's funds (by its allowance) for refunds and disputes. Terms
+    /// are signed by the payer, not the merchant, so naming a merchant must not be enough.
+    mapping(address merchant => mapping(address funder => bool)) private _fundingApproved;
 
     // ──────────────────────────── events ─────────────────────────────
 
@@ -141,6 +144,7 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
     /// @notice A payout could not be pushed (e.g. a blocklisting token) and awaits withdrawal.
     event Credited(address indexed token, address indexed account, uint256 amount);
     event Withdrawn(address indexed token, address indexed account, address to, uint256 amount);
+    event FundingApproved(address indexed merchant, address indexed spender, bool approved);
 
     // ──────────────────────────── errors ─────────────────────────────
 
@@ -172,6 +176,7 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
     error BatchTooLarge(uint256 size, uint256 max);
     error OnlySelf();
     error NothingToWithdraw(address token, address account);
+    error FundingNotApproved(address merchant, address spender);
 
     // ────────────────────────── construction ─────────────────────────
 
@@ -260,10 +265,11 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
 
     /**
      * @notice Refunds `amount` of what was captured to the payer, funded by the caller or, with
-     * `merchantFunds`, by the merchant's allowance to this escrow.
+     * `merchantFunds`, by the merchant's allowance to this escrow (if it approved the caller
+     * with {approveFunding}).
      * @dev Caller: terms.operator. Only before the refund expiry. Emits {Refunded}. Reverts with
      * PaymentNotFound, StaleSequence, RefundWindowClosed, AmountExceedsRefundable, ShortPull,
-     * NotOperator, ZeroAmount.
+     * NotOperator, ZeroAmount, FundingNotApproved.
      */
     function refund(PaymentTerms memory terms, uint16 seq, uint256 amount, bool merchantFunds)
         external
@@ -274,9 +280,11 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
 
     /**
      * @notice Freezes `amount` of the refundable funds in the escrow while a dispute is open,
-     * pulling it from the caller or, with `merchantFunds`, from the merchant.
+     * pulling it from the caller or, with `merchantFunds`, from the merchant (if it approved the
+     * caller with {approveFunding}).
      * @dev Caller: ARBITER_ROLE. One open dispute per payment. Emits {DisputeOpened}. Reverts
-     * with PaymentNotFound, StaleSequence, DisputeAlreadyOpen, AmountExceedsRefundable, ShortPull.
+     * with PaymentNotFound, StaleSequence, DisputeAlreadyOpen, AmountExceedsRefundable, ShortPull,
+     * FundingNotApproved.
      */
     function openDispute(PaymentTerms memory terms, uint16 seq, uint256 amount, bool merchantFunds)
         external
@@ -288,7 +296,7 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
         if (_disputes[id].amount != 0) revert DisputeAlreadyOpen(id);
         if (amount == 0) revert ZeroAmount();
         if (amount > p.refundable) revert AmountExceedsRefundable(amount, p.refundable);
-        address funder = merchantFunds ? terms.merchant : msg.sender;
+        address funder = _funder(terms, merchantFunds, msg.sender);
         _store(id, Payment(p.capturable, p.refundable - uint120(amount), _next(seq)));
         _disputes[id] = Dispute(uint120(amount), funder);
         emit DisputeOpened(id, seq, amount, funder);
@@ -377,6 +385,16 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
         IERC20(token).safeTransfer(to, amount);
     }
 
+    /**
+     * @notice Lets (or stops) `spender` fund refunds and disputes of the caller's payments from
+     * the caller's token allowance to this escrow (the `merchantFunds` option).
+     * @dev Caller: a merchant. Emits {FundingApproved}.
+     */
+    function approveFunding(address spender, bool approved) external {
+        _fundingApproved[msg.sender][spender] = approved;
+        emit FundingApproved(msg.sender, spender, approved);
+    }
+
     /// @notice Stops new authorizations (captures, voids, refunds, reclaims go on). Caller: PAUSER_ROLE.
     function pause() external onlyRole(PAUSER_ROLE) {
         _pause();
@@ -404,6 +422,11 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
     function disputes(bytes32 id) external view returns (uint120 amount, address funder) {
         Dispute memory d = _disputes[id];
         return (d.amount, d.funder);
+    }
+
+    /// @notice Whether `merchant` lets `spender` fund refunds and disputes from its allowance.
+    function fundingApproved(address merchant, address spender) external view returns (bool) {
+        return _fundingApproved[merchant][spender];
     }
 
     /// @notice Payouts of `token` owed to `account` that could not be pushed.
@@ -606,11 +629,19 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
         if (block.timestamp >= t.refundExpiry) revert RefundWindowClosed(t.refundExpiry, block.timestamp);
         if (amount == 0) revert ZeroAmount();
         if (amount > p.refundable) revert AmountExceedsRefundable(amount, p.refundable);
-        address funder = merchantFunds ? t.merchant : sender;
+        address funder = _funder(t, merchantFunds, sender);
         _store(id, Payment(p.capturable, p.refundable - uint120(amount), _next(seq)));
         emit Refunded(id, seq, amount, funder);
         _pull(t.token, funder, amount);
         _pay(net, t.token, t.payer, amount);
+    }
+
+    /// @dev Who pays for a refund or a dispute freeze: the caller, or the merchant if it
+    /// approved the caller with {approveFunding}.
+    function _funder(PaymentTerms memory t, bool merchantFunds, address caller) private view returns (address) {
+        if (!merchantFunds) return caller;
+        if (!_fundingApproved[t.merchant][caller]) revert FundingNotApproved(t.merchant, caller);
+        return t.merchant;
     }
 
     /// @dev Loads a payment that must exist and be at sequence `seq` (replay protection).

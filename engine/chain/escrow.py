@@ -15,6 +15,7 @@ from typing import Any, Final, cast
 from eth_abi import encode
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from eth_tester.exceptions import TransactionFailed as TesterTransactionFailed
 from eth_typing import Hash32
 from eth_utils import to_bytes, to_checksum_address
 from web3 import Web3
@@ -315,7 +316,7 @@ class Signer:
         params: TxParams = {"from": self.address, "value": Wei(value)}
         try:
             gas = call.estimate_gas(params)
-        except ContractLogicError as error:
+        except (ContractLogicError, TesterTransactionFailed) as error:
             raise _decoded(error) from None
         tx = call.build_transaction(
             {
@@ -344,10 +345,10 @@ class Signer:
         return self.w3.eth.contract(address=address, abi=artifact.abi)
 
 
-def _decoded(error: ContractLogicError) -> ContractReverted:
+def _decoded(error: Exception) -> ContractReverted:
     data = revert_data(error)
     if data is None:
-        return ContractReverted("Reverted", {"message": str(error.message or error)})
+        return ContractReverted("Reverted", {"message": str(error)})
     return decode_revert(data)
 
 
@@ -362,7 +363,7 @@ def call_view(call: ContractFunction) -> Any:
     """A view call whose revert is decoded like a transaction's."""
     try:
         return call.call()
-    except ContractLogicError as error:
+    except (ContractLogicError, TesterTransactionFailed) as error:
         raise _decoded(error) from None
 
 

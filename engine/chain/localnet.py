@@ -117,6 +117,9 @@ def deploy_local(backend: ChainBackend) -> LocalDeployment:
     # Payers fund holds, operators and merchants fund refunds and disputes.
     for signer in (payer, operator, merchant, arbiter):
         signer.send(token.functions.approve(escrow.address, UINT256_MAX))
+    # The merchant lets the operator and the arbiter fund refunds and disputes from it.
+    for spender in (operator, arbiter):
+        merchant.send(escrow.functions.approveFunding(spender.address, True))
     return LocalDeployment(
         backend=backend,
         escrow=escrow,

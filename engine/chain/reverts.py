@@ -81,10 +81,24 @@ def decode_revert(data: bytes) -> ContractReverted:
 
 
 def revert_data(error: BaseException) -> bytes | None:
-    """The revert data web3.py attached to a failed call, if any."""
-    data = getattr(error, "data", None)
-    if isinstance(data, dict):
-        data = data.get("data")
-    if isinstance(data, str) and data.startswith("0x"):
-        return bytes.fromhex(data[2:])
+    """The revert data attached to a failed call, if any.
+
+    web3.py over JSON-RPC puts it in `data` as hex; eth-tester raises its own TransactionFailed
+    whose first argument (or that of the py-evm Revert it wraps) is the raw bytes.
+    """
+    seen: BaseException | None = error
+    for _ in range(_CAUSE_DEPTH_MAX):
+        if seen is None:
+            return None
+        data = getattr(seen, "data", None)
+        if isinstance(data, dict):
+            data = data.get("data")
+        if isinstance(data, str) and data.startswith("0x"):
+            return bytes.fromhex(data[2:])
+        if seen.args and isinstance(seen.args[0], bytes):
+            return seen.args[0]
+        seen = seen.__cause__ or seen.__context__
     return None
+
+
+_CAUSE_DEPTH_MAX = 8

@@ -19,8 +19,8 @@ def deployment_session(chain_session: ChainBackend) -> LocalDeployment:
 def world(deployment_session: LocalDeployment, chain: ChainBackend) -> Iterator[LocalDeployment]:
     """The deployment, on a chain reverted to its just-deployed state after the test.
 
-    Signers track nonces themselves, so they are re-read after the revert."""
-    yield deployment_session
+    Signers track nonces themselves, so they are re-read here, after the previous test's
+    revert (this fixture's teardown would run before the chain fixture reverts)."""
     for signer in (
         deployment_session.admin,
         deployment_session.operator,
@@ -32,3 +32,4 @@ def world(deployment_session: LocalDeployment, chain: ChainBackend) -> Iterator[
         deployment_session.other,
     ):
         signer.resync()
+    yield deployment_session

@@ -1,6 +1,8 @@
 """The happy path of one payment, on both EVMs: authorize, capture in two parts, refund."""
 
-from engine.chain.escrow import terms_tuple
+import pytest
+
+from engine.chain.escrow import ContractReverted, terms_tuple
 from engine.chain.localnet import UNIT, LocalDeployment
 
 
@@ -17,3 +19,24 @@ def test_authorize_capture_refund_moves_every_leg(world: LocalDeployment) -> Non
     world.operator.send(world.escrow.functions.refund(terms_tuple(terms), 2, 10 * UNIT, False))
     assert world.state(terms) == (60 * UNIT, 30 * UNIT, 3)
     assert world.balance(world.payer.address) == payer_before - 90 * UNIT
+
+
+def test_merchant_funded_refund_needs_the_merchants_approval_of_the_caller(
+    world: LocalDeployment,
+) -> None:
+    """Terms are signed by the payer, not the merchant: naming a merchant is not consent."""
+    terms = world.terms(100 * UNIT)
+    world.authorize(terms)
+    world.operator.send(world.escrow.functions.capture(terms_tuple(terms), 1, 50 * UNIT, 0, []))
+    world.merchant.send(world.escrow.functions.approveFunding(world.operator.address, False))
+    merchant_before = world.balance(world.merchant.address)
+    with pytest.raises(ContractReverted) as revert:
+        world.operator.send(world.escrow.functions.refund(terms_tuple(terms), 2, 10 * UNIT, True))
+    assert revert.value.error == "FundingNotApproved"
+    assert revert.value.args_by_name == {
+        "merchant": world.merchant.address,
+        "spender": world.operator.address,
+    }
+    world.merchant.send(world.escrow.functions.approveFunding(world.operator.address, True))
+    world.operator.send(world.escrow.functions.refund(terms_tuple(terms), 2, 10 * UNIT, True))
+    assert world.balance(world.merchant.address) == merchant_before - 10 * UNIT

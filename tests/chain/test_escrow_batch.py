@@ -1,0 +1,491 @@
+"""settleBatch on both EVMs: all-or-nothing and one-by-one batches, netting of payouts,
+replay protection, and the packed format's limits.
+
+The module also holds the small helpers the other escrow test modules share: reading a
+contract's own events from a receipt and asserting on a revert by its custom error.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import pytest
+from eth_tester.exceptions import TransactionFailed as EthTesterRevert
+from hexbytes import HexBytes
+from web3.contract import Contract
+from web3.contract.contract import ContractFunction
+from web3.types import TxReceipt
+
+from engine.chain.escrow import (
+    BatchOp,
+    ContractReverted,
+    Leg,
+    Method,
+    Signer,
+    encode_batch,
+    encode_record,
+    terms_tuple,
+)
+from engine.chain.localnet import UNIT, LocalDeployment
+from engine.chain.reverts import decode_revert
+from engine.domain.ids import PaymentTerms
+
+_ETH_TESTER_REVERT_PREFIX: Final = "execution reverted: "
+
+
+def resync_signers(world: LocalDeployment) -> None:
+    """Re-reads every signer's nonce, after the chain was reverted under it."""
+    for value in vars(world).values():
+        if isinstance(value, Signer):
+            value.resync()
+
+
+@pytest.fixture
+def world(world: LocalDeployment) -> LocalDeployment:
+    """conftest's `world`, with nonces re-read when the test starts: its own resync runs at
+    teardown, before the `chain` fixture reverts, so a test would start with stale nonces."""
+    resync_signers(world)
+    return world
+
+
+def revert_of(signer: Signer, call: ContractFunction) -> ContractReverted:
+    """Sends `call`, which must revert, and returns its decoded custom error.
+
+    Signer.send decodes reverts from JSON-RPC nodes, but web3's eth-tester provider raises
+    eth_tester's TransactionFailed with the revert bytes printed into its message; reading them
+    back lets every test assert on the same ContractReverted on both EVMs.
+    """
+    try:
+        signer.send(call)
+    except ContractReverted as reverted:
+        return reverted
+    except EthTesterRevert as failed:
+        printed = str(failed.args[0]).removeprefix(_ETH_TESTER_REVERT_PREFIX)
+        try:
+            data = ast.literal_eval(printed)
+        except (ValueError, SyntaxError):  # web3 already decoded an Error(string)
+            return ContractReverted("Error", {"message": printed})
+        return decode_revert(bytes(data))
+    raise AssertionError("the call did not revert")
+
+
+def events(contract: Contract, name: str, receipt: TxReceipt) -> list[dict[str, Any]]:
+    """The arguments of `contract`'s own `name` events in `receipt`, in log order.
+
+    Filtered by emitter, since a token's Transfer and the escrow's events share one receipt.
+    """
+    event = contract.events[name]()
+    topic = HexBytes(event.topic)
+    return [
+        dict(event.process_log(log)["args"])
+        for log in receipt["logs"]
+        if log["address"].lower() == contract.address.lower() and log["topics"][0] == topic
+    ]
+
+
+def payouts(world: LocalDeployment, receipt: TxReceipt) -> list[tuple[str, int]]:
+    """(recipient, amount) of every token transfer out of the escrow in `receipt`."""
+    return [
+        (transfer["to"], transfer["value"])
+        for transfer in events(world.token, "Transfer", receipt)
+        if transfer["from"] == world.escrow.address
+    ]
+
+
+def settle(world: LocalDeployment, ops: Sequence[BatchOp], *, atomic: bool) -> TxReceipt:
+    return world.operator.send(world.escrow.functions.settleBatch(encode_batch(ops), atomic))
+
+
+def settle_reverted(world: LocalDeployment, ops: bytes, *, atomic: bool) -> ContractReverted:
+    return revert_of(world.operator, world.escrow.functions.settleBatch(ops, atomic))
+
+
+def fee(amount: int, bps: int) -> int:
+    """The contract's fee: rounded up, so a non-zero fee never rounds away."""
+    return -(-amount * bps // 10_000)
+
+
+def held(world: LocalDeployment, amount: int = 100 * UNIT) -> PaymentTerms:
+    terms = world.terms(amount)
+    world.authorize(terms)
+    return terms
+
+
+def captured(world: LocalDeployment, amount: int = 100 * UNIT) -> PaymentTerms:
+    """A payment whose whole hold was captured at zero fee: refundable `amount`, seq 2."""
+    terms = held(world, amount)
+    world.operator.send(world.escrow.functions.capture(terms_tuple(terms), 1, amount, 0, []))
+    return terms
+
+
+def paid_out(world: LocalDeployment) -> dict[str, int]:
+    """Token balances of everyone a batch moves money between."""
+    accounts = (
+        world.escrow,
+        world.payer,
+        world.merchant,
+        world.fee_receiver,
+        world.operator,
+        world.other,
+    )
+    return {account.address: world.balance(account.address) for account in accounts}
+
+
+@dataclass(frozen=True)
+class Mixed:
+    """Five payments, one per operation kind, and the batch that moves each of them."""
+
+    new_hold: PaymentTerms
+    new_sale: PaymentTerms
+    to_capture: PaymentTerms
+    to_void: PaymentTerms
+    to_refund: PaymentTerms
+
+    @classmethod
+    def prepare(cls, world: LocalDeployment) -> Mixed:
+        return cls(world.terms(), world.terms(), held(world), held(world), captured(world))
+
+    def all_terms(self) -> tuple[PaymentTerms, ...]:
+        return (self.new_hold, self.new_sale, self.to_capture, self.to_void, self.to_refund)
+
+    def ops(self, world: LocalDeployment) -> list[BatchOp]:
+        return [
+            BatchOp.authorize(
+                self.new_hold, 60 * UNIT, Method.ALLOWANCE, world.payer_signature(self.new_hold)
+            ),
+            BatchOp.charge(
+                self.new_sale,
+                50 * UNIT,
+                Method.ALLOWANCE,
+                world.payer_signature(self.new_sale),
+                60,
+                [Leg(world.other.address, UNIT // 5)],
+            ),
+            BatchOp.capture(self.to_capture, 1, 40 * UNIT, 100),
+            BatchOp.void(self.to_void, 1, 100 * UNIT),
+            BatchOp.refund(self.to_refund, 2, 30 * UNIT),
+        ]
+
+    def bad_op(self, world: LocalDeployment, kind: str) -> tuple[BatchOp, str, dict[str, Any]]:
+        """A failing variant of the `kind` operation and the error it must revert with."""
+        if kind == "authorize":
+            signature = world.payer_signature(self.new_hold)
+            op = BatchOp.authorize(self.new_hold, 101 * UNIT, Method.ALLOWANCE, signature)
+            return op, "AmountExceedsMax", {"amount": 101 * UNIT, "maxAmount": 100 * UNIT}
+        if kind == "charge":
+            signature = world.payer_signature(self.new_sale)
+            op = BatchOp.charge(self.new_sale, 50 * UNIT, Method.ALLOWANCE, signature, 101)
+            return op, "FeeOutOfBounds", {"feeBps": 101, "minFeeBps": 0, "maxFeeBps": 100}
+        if kind == "capture":
+            op = BatchOp.capture(self.to_capture, 2, 40 * UNIT, 100)
+            return op, "StaleSequence", {"current": 1, "given": 2}
+        if kind == "void":
+            op = BatchOp.void(self.to_void, 1, 100 * UNIT + 1)
+            return op, "AmountExceedsCapturable", {"amount": 100 * UNIT + 1}
+        op = BatchOp.refund(self.to_refund, 2, 100 * UNIT + 1)
+        return op, "AmountExceedsRefundable", {"amount": 100 * UNIT + 1, "refundable": 100 * UNIT}
+
+
+KINDS: Final = ("authorize", "charge", "capture", "void", "refund")
+
+
+def states(world: LocalDeployment, terms: Sequence[PaymentTerms]) -> list[tuple[int, int, int]]:
+    return [world.state(t) for t in terms]
+
+
+# ─────────────────────────────── atomic ───────────────────────────────
+
+
+def test_atomic_batch_applies_authorize_charge_capture_void_and_refund_together(
+    world: LocalDeployment,
+) -> None:
+    mixed = Mixed.prepare(world)
+    before = paid_out(world)
+
+    receipt = settle(world, mixed.ops(world), atomic=True)
+
+    assert states(world, mixed.all_terms()) == [
+        (60 * UNIT, 0, 1),
+        (0, 50 * UNIT, 2),
+        (60 * UNIT, 40 * UNIT, 2),
+        (0, 0, 2),
+        (0, 70 * UNIT, 3),
+    ]
+    sale_fee, capture_fee = fee(50 * UNIT, 60), fee(40 * UNIT, 100)
+    after = paid_out(world)
+    assert after[world.escrow.address] == 60 * UNIT + 60 * UNIT  # the two open holds
+    assert after[world.payer.address] - before[world.payer.address] == (
+        -60 * UNIT - 50 * UNIT + 100 * UNIT + 30 * UNIT
+    )
+    assert after[world.operator.address] - before[world.operator.address] == -30 * UNIT
+    assert after[world.merchant.address] - before[world.merchant.address] == (
+        50 * UNIT - sale_fee - UNIT // 5 + 40 * UNIT - capture_fee
+    )
+    assert after[world.fee_receiver.address] - before[world.fee_receiver.address] == (
+        sale_fee + capture_fee
+    )
+    assert after[world.other.address] - before[world.other.address] == UNIT // 5
+    assert len(events(world.escrow, "Authorized", receipt)) == 2
+    assert [e["amount"] for e in events(world.escrow, "Captured", receipt)] == [
+        50 * UNIT,
+        40 * UNIT,
+    ]
+
+
+@pytest.mark.parametrize("bad", KINDS)
+def test_atomic_batch_with_one_bad_operation_reverts_with_its_error_and_changes_nothing(
+    world: LocalDeployment, bad: str
+) -> None:
+    mixed = Mixed.prepare(world)
+    good = mixed.ops(world)
+    failing, error, args = mixed.bad_op(world, bad)
+    # The bad operation goes last, so every other one has already run when it fails.
+    ops = [op for kind, op in zip(KINDS, good, strict=True) if kind != bad] + [failing]
+    before_states, before_balances = states(world, mixed.all_terms()), paid_out(world)
+
+    reverted = settle_reverted(world, encode_batch(ops), atomic=True)
+
+    assert reverted.error == error
+    assert args.items() <= reverted.args_by_name.items()
+    assert states(world, mixed.all_terms()) == before_states
+    assert paid_out(world) == before_balances
+
+
+# ───────────────────────────── non-atomic ─────────────────────────────
+
+
+def test_non_atomic_batch_applies_good_operations_and_reports_each_bad_one(
+    world: LocalDeployment,
+) -> None:
+    mixed = Mixed.prepare(world)
+    good = mixed.ops(world)
+    bad_void, _, _ = mixed.bad_op(world, "void")
+    bad_charge, _, _ = mixed.bad_op(world, "charge")
+    ops = [good[2], bad_void, good[4], bad_charge, good[0]]
+    payer_before = world.balance(world.payer.address)
+
+    receipt = settle(world, ops, atomic=False)
+
+    failed = events(world.escrow, "OperationFailed", receipt)
+    assert [(f["paymentId"], f["index"]) for f in failed] == [
+        (world.payment_hash(mixed.to_void), 1),
+        (world.payment_hash(mixed.new_sale), 3),
+    ]
+    reasons = [decode_revert(f["reason"]) for f in failed]
+    assert [r.error for r in reasons] == ["AmountExceedsCapturable", "FeeOutOfBounds"]
+    assert reasons[0].args_by_name == {"amount": 100 * UNIT + 1, "capturable": 100 * UNIT}
+    assert states(world, mixed.all_terms()) == [
+        (60 * UNIT, 0, 1),
+        (0, 0, 0),
+        (60 * UNIT, 40 * UNIT, 2),
+        (100 * UNIT, 0, 1),
+        (0, 70 * UNIT, 3),
+    ]
+    # The payer paid the new hold and got the refund; the failed charge pulled nothing.
+    assert world.balance(world.payer.address) == payer_before - 60 * UNIT + 30 * UNIT
+
+
+def test_non_atomic_failed_charge_leaves_no_hold_no_pull_and_no_netted_payout(
+    world: LocalDeployment,
+) -> None:
+    """A charge authorizes (pulls) before it captures, so its failing capture must take the
+    pull, the hold, its events and its share of the netted payouts down with it."""
+    to_capture = held(world)
+    sale = world.terms()
+    ops = [
+        BatchOp.capture(to_capture, 1, 40 * UNIT, 100),
+        BatchOp.charge(
+            sale,
+            50 * UNIT,
+            Method.ALLOWANCE,
+            world.payer_signature(sale),
+            60,
+            [Leg(world.other.address, UNIT)],  # over the 0.5 unit fee budget
+        ),
+    ]
+    payer_before = world.balance(world.payer.address)
+
+    receipt = settle(world, ops, atomic=False)
+
+    (failed,) = events(world.escrow, "OperationFailed", receipt)
+    assert (failed["paymentId"], failed["index"]) == (world.payment_hash(sale), 1)
+    assert decode_revert(failed["reason"]).error == "FeeBudgetExceeded"
+    assert world.state(sale) == (0, 0, 0)
+    assert world.balance(world.payer.address) == payer_before
+    assert events(world.escrow, "Authorized", receipt) == []
+    assert sorted(payouts(world, receipt)) == sorted(
+        [
+            (world.merchant.address, 40 * UNIT - fee(40 * UNIT, 100)),
+            (world.fee_receiver.address, fee(40 * UNIT, 100)),
+        ]
+    )
+
+
+# ─────────────────────────────── netting ───────────────────────────────
+
+
+def test_captures_to_one_merchant_are_paid_in_one_transfer_per_recipient(
+    world: LocalDeployment,
+) -> None:
+    payments = [held(world) for _ in range(3)]
+    amounts = [10 * UNIT, 25 * UNIT + 3, 100 * UNIT]
+    ops = [
+        BatchOp.capture(t, 1, amount, 100) for t, amount in zip(payments, amounts, strict=True)
+    ]
+
+    receipt = settle(world, ops, atomic=True)
+
+    fees = sum(fee(amount, 100) for amount in amounts)
+    assert sorted(payouts(world, receipt)) == sorted(
+        [
+            (world.merchant.address, sum(amounts) - fees),
+            (world.fee_receiver.address, fees),
+        ]
+    )
+
+
+def test_captures_to_two_merchants_are_paid_in_one_transfer_each(world: LocalDeployment) -> None:
+    to_merchant = [held(world), held(world)]
+    to_other = world.terms(merchant=world.other.address)
+    world.authorize(to_other)
+    ops = [BatchOp.capture(t, 1, 20 * UNIT, 50) for t in [*to_merchant, to_other]]
+
+    receipt = settle(world, ops, atomic=False)
+
+    each_fee = fee(20 * UNIT, 50)
+    assert sorted(payouts(world, receipt)) == sorted(
+        [
+            (world.merchant.address, 2 * (20 * UNIT - each_fee)),
+            (world.other.address, 20 * UNIT - each_fee),
+            (world.fee_receiver.address, 3 * each_fee),
+        ]
+    )
+
+
+def test_voids_and_refunds_to_one_payer_are_paid_in_one_transfer(world: LocalDeployment) -> None:
+    to_void, to_refund = held(world), captured(world)
+    ops = [BatchOp.void(to_void, 1, 30 * UNIT), BatchOp.refund(to_refund, 2, 45 * UNIT)]
+
+    receipt = settle(world, ops, atomic=True)
+
+    assert payouts(world, receipt) == [(world.payer.address, 75 * UNIT)]
+
+
+# ─────────────────────────────── replay ───────────────────────────────
+
+
+def test_replayed_atomic_batch_reverts_with_StaleSequence_and_applies_nothing_twice(
+    world: LocalDeployment,
+) -> None:
+    to_capture, to_void = held(world), held(world)
+    ops = [BatchOp.capture(to_capture, 1, 40 * UNIT, 100), BatchOp.void(to_void, 1, 10 * UNIT)]
+    settle(world, ops, atomic=True)
+    after_first = states(world, [to_capture, to_void]), paid_out(world)
+
+    reverted = settle_reverted(world, encode_batch(ops), atomic=True)
+
+    assert reverted.error == "StaleSequence"
+    assert reverted.args_by_name == {
+        "paymentId": world.payment_hash(to_capture),
+        "current": 2,
+        "given": 1,
+    }
+    assert (states(world, [to_capture, to_void]), paid_out(world)) == after_first
+
+
+def test_replayed_non_atomic_batch_fails_every_operation_and_moves_nothing(
+    world: LocalDeployment,
+) -> None:
+    new_hold, to_capture, to_void = world.terms(), held(world), held(world)
+    ops = [
+        BatchOp.authorize(new_hold, 5 * UNIT, Method.ALLOWANCE, world.payer_signature(new_hold)),
+        BatchOp.capture(to_capture, 1, 40 * UNIT, 100),
+        BatchOp.void(to_void, 1, 10 * UNIT),
+    ]
+    settle(world, ops, atomic=False)
+    after_first = states(world, [new_hold, to_capture, to_void]), paid_out(world)
+
+    receipt = settle(world, ops, atomic=False)
+
+    failed = events(world.escrow, "OperationFailed", receipt)
+    assert [f["index"] for f in failed] == [0, 1, 2]
+    assert [decode_revert(f["reason"]).error for f in failed] == [
+        "PaymentExists",
+        "StaleSequence",
+        "StaleSequence",
+    ]
+    assert payouts(world, receipt) == []
+    assert (states(world, [new_hold, to_capture, to_void]), paid_out(world)) == after_first
+
+
+# ────────────────────────── format and limits ──────────────────────────
+
+
+def test_empty_batch_reverts_with_EmptyBatch(world: LocalDeployment) -> None:
+    assert settle_reverted(world, b"", atomic=True).error == "EmptyBatch"
+
+
+def _malformed(world: LocalDeployment, good: bytes, case: str) -> tuple[bytes, int]:
+    """A batch of `good` followed by the broken part, and the offset the contract must blame."""
+    with_legs = encode_record(
+        BatchOp.capture(world.terms(), 1, UNIT, 0, [Leg(world.other.address, 1)])
+    )
+    if case == "head cut short":
+        return good + with_legs[:100], len(good)
+    if case == "data cut short":
+        return good + with_legs[:-1], len(good)
+    if case == "trailing garbage":
+        return good + b"\x01" * 7, len(good)
+    return good + bytes([5]) + with_legs[1:], len(good)  # kind 5: past Refund
+
+
+@pytest.mark.parametrize("atomic", [True, False], ids=["atomic", "non-atomic"])
+@pytest.mark.parametrize(
+    "case", ["head cut short", "data cut short", "trailing garbage", "kind out of range"]
+)
+def test_malformed_batch_reverts_with_MalformedBatch_at_the_broken_record(
+    world: LocalDeployment, case: str, atomic: bool
+) -> None:
+    terms = held(world)
+    good = encode_record(BatchOp.capture(terms, 1, 40 * UNIT, 100))
+    ops, offset = _malformed(world, good, case)
+
+    reverted = settle_reverted(world, ops, atomic=atomic)
+
+    assert (reverted.error, reverted.args_by_name) == ("MalformedBatch", {"offset": offset})
+    assert world.state(terms) == (100 * UNIT, 0, 1)  # the good record before it is undone
+
+
+def test_batch_of_257_records_reverts_with_BatchTooLarge(world: LocalDeployment) -> None:
+    record = encode_record(BatchOp.void(world.terms(), 1, 1))  # an unknown payment: fails alone
+
+    reverted = settle_reverted(world, record * 257, atomic=False)
+
+    assert (reverted.error, reverted.args_by_name) == ("BatchTooLarge", {"size": 257, "max": 256})
+
+
+@pytest.mark.parametrize("caller", ["other", "operator"])
+def test_applyIsolated_called_from_outside_reverts_with_OnlySelf(
+    world: LocalDeployment, caller: str
+) -> None:
+    terms = held(world)
+    record = encode_record(BatchOp.capture(terms, 1, 40 * UNIT, 100))
+    signer: Signer = getattr(world, caller)
+
+    reverted = revert_of(signer, world.escrow.functions.applyIsolated(record, signer.address))
+
+    assert reverted.error == "OnlySelf"
+    assert world.state(terms) == (100 * UNIT, 0, 1)
+
+
+def test_batch_from_an_account_without_OPERATOR_ROLE_reverts(world: LocalDeployment) -> None:
+    terms = held(world)
+    ops = encode_batch([BatchOp.capture(terms, 1, 40 * UNIT, 100)])
+
+    reverted = revert_of(world.other, world.escrow.functions.settleBatch(ops, True))
+
+    assert reverted.error == "AccessControlUnauthorizedAccount"
+    assert reverted.args_by_name["account"] == world.other.address
