@@ -5,6 +5,8 @@
 * The escrow is solvent: its token balance is exactly what it owes, i.e. Σ capturable +
   Σ frozen by open disputes + Σ credits (`assert_solvent`).
 
+It also holds the one starting state several modules share: a fully captured payment.
+
 The escrow state is discovered from its own logs since genesis. That is sound because the
 `world` fixture reverts the chain to the just-deployed escrow after every test, so every log
 seen belongs to the running test.
@@ -21,8 +23,9 @@ import pytest
 from web3.logs import DISCARD
 from web3.types import TxReceipt
 
-from engine.chain.escrow import ContractReverted, bind
-from engine.chain.localnet import STABLECOIN_NAME, LocalDeployment
+from engine.chain.escrow import ContractReverted, bind, terms_tuple
+from engine.chain.localnet import STABLECOIN_NAME, UNIT, LocalDeployment
+from engine.domain.ids import PaymentTerms
 
 SIGNER_NAMES = (
     "admin",
@@ -55,7 +58,9 @@ class Balances:
     def moved(self) -> dict[str, int]:
         """The non-zero balance changes by party since the last look; asserts none leaked."""
         now = self._read()
-        changes = {name: now[name] - self._last[name] for name in now if now[name] != self._last[name]}
+        changes = {
+            name: now[name] - self._last[name] for name in now if now[name] != self._last[name]
+        }
         self._last = now
         assert sum(changes.values()) == 0, f"tokens appeared or vanished: {changes}"
         return changes
@@ -112,3 +117,11 @@ def reverts_with(world: LocalDeployment, error: str, **args: Any) -> Iterator[No
     assert {name: caught.value.args_by_name.get(name) for name in args} == args, caught.value
     assert balances.moved() == {}
     assert _escrow_view(world) == before
+
+
+def captured(world: LocalDeployment, amount: int = 100 * UNIT) -> PaymentTerms:
+    """A payment whose hold of `amount` was fully captured (seq 2), so it is all refundable."""
+    terms = world.terms(amount)
+    world.authorize(terms)
+    world.operator.send(world.escrow.functions.capture(terms_tuple(terms), 1, amount, 0, []))
+    return terms

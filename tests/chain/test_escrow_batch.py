@@ -2,18 +2,16 @@
 replay protection, and the packed format's limits.
 
 The module also holds the small helpers the other escrow test modules share: reading a
-contract's own events from a receipt and asserting on a revert by its custom error.
+contract's own events from a receipt, asserting on a revert by its custom error, settling.
 """
 
 from __future__ import annotations
 
-import ast
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 import pytest
-from eth_tester.exceptions import TransactionFailed as EthTesterRevert
 from hexbytes import HexBytes
 from web3.contract import Contract
 from web3.contract.contract import ContractFunction
@@ -33,43 +31,12 @@ from engine.chain.localnet import UNIT, LocalDeployment
 from engine.chain.reverts import decode_revert
 from engine.domain.ids import PaymentTerms
 
-_ETH_TESTER_REVERT_PREFIX: Final = "execution reverted: "
-
-
-def resync_signers(world: LocalDeployment) -> None:
-    """Re-reads every signer's nonce, after the chain was reverted under it."""
-    for value in vars(world).values():
-        if isinstance(value, Signer):
-            value.resync()
-
-
-@pytest.fixture
-def world(world: LocalDeployment) -> LocalDeployment:
-    """conftest's `world`, with nonces re-read when the test starts: its own resync runs at
-    teardown, before the `chain` fixture reverts, so a test would start with stale nonces."""
-    resync_signers(world)
-    return world
-
 
 def revert_of(signer: Signer, call: ContractFunction) -> ContractReverted:
-    """Sends `call`, which must revert, and returns its decoded custom error.
-
-    Signer.send decodes reverts from JSON-RPC nodes, but web3's eth-tester provider raises
-    eth_tester's TransactionFailed with the revert bytes printed into its message; reading them
-    back lets every test assert on the same ContractReverted on both EVMs.
-    """
-    try:
+    """Sends `call`, which must revert, and returns its decoded custom error."""
+    with pytest.raises(ContractReverted) as raised:
         signer.send(call)
-    except ContractReverted as reverted:
-        return reverted
-    except EthTesterRevert as failed:
-        printed = str(failed.args[0]).removeprefix(_ETH_TESTER_REVERT_PREFIX)
-        try:
-            data = ast.literal_eval(printed)
-        except (ValueError, SyntaxError):  # web3 already decoded an Error(string)
-            return ContractReverted("Error", {"message": printed})
-        return decode_revert(bytes(data))
-    raise AssertionError("the call did not revert")
+    return raised.value
 
 
 def events(contract: Contract, name: str, receipt: TxReceipt) -> list[dict[str, Any]]:
@@ -332,9 +299,7 @@ def test_captures_to_one_merchant_are_paid_in_one_transfer_per_recipient(
 ) -> None:
     payments = [held(world) for _ in range(3)]
     amounts = [10 * UNIT, 25 * UNIT + 3, 100 * UNIT]
-    ops = [
-        BatchOp.capture(t, 1, amount, 100) for t, amount in zip(payments, amounts, strict=True)
-    ]
+    ops = [BatchOp.capture(t, 1, amount, 100) for t, amount in zip(payments, amounts, strict=True)]
 
     receipt = settle(world, ops, atomic=True)
 

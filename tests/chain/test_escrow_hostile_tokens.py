@@ -14,16 +14,9 @@ from web3.types import TxReceipt
 from engine.chain.escrow import BatchOp, Method, terms_tuple
 from engine.chain.localnet import MINT_PER_ACCOUNT, UINT256_MAX, UNIT, LocalDeployment
 from engine.domain.ids import PaymentTerms
-from tests.chain.test_escrow_batch import events, resync_signers, revert_of, settle
+from tests.chain.test_escrow_batch import events, revert_of, settle
 
 ZERO_ADDRESS: Final = "0x" + "00" * 20
-
-
-@pytest.fixture
-def world(world: LocalDeployment) -> LocalDeployment:
-    """See test_escrow_batch.world: nonces re-read before the test, after the chain revert."""
-    resync_signers(world)
-    return world
 
 
 def deploy_funded_token(world: LocalDeployment, artifact: str) -> Contract:
@@ -194,9 +187,7 @@ def test_netted_batch_payout_to_a_blocked_merchant_becomes_one_credit_of_the_tot
         world.authorize(terms)
     world.admin.send(token.functions.setBlocked(world.merchant.address, True))
 
-    receipt = settle(
-        world, [BatchOp.capture(t, 1, 50 * UNIT, 100) for t in payments], atomic=False
-    )
+    receipt = settle(world, [BatchOp.capture(t, 1, 50 * UNIT, 100) for t in payments], atomic=False)
 
     assert events(world.escrow, "Credited", receipt) == [
         {"token": token.address, "account": world.merchant.address, "amount": 99 * UNIT}
@@ -312,4 +303,3 @@ def test_reentry_during_a_withdrawal_reverts_it_and_the_credit_stays(
     assert world.balance(world.merchant.address, token) == merchant_before + 40 * UNIT
     assert world.state(terms) == (60 * UNIT, 40 * UNIT, 2)
     assert escrow_holds_exactly(world, token, terms)
-

@@ -27,20 +27,22 @@ from hypothesis.stateful import (
 from web3.contract import Contract
 from web3.contract.contract import ContractFunction
 
-from engine.chain.escrow import BatchOp, Leg, Method, Signer, encode_batch, terms_tuple
+from engine.chain.escrow import (
+    BatchOp,
+    Leg,
+    Method,
+    Signer,
+    encode_batch,
+    legs_tuple,
+    terms_tuple,
+)
 from engine.chain.localnet import UNIT, LocalDeployment
 from engine.chain.reverts import decode_revert
 from engine.domain.ids import PaymentTerms
-from tests.chain.test_escrow_batch import (
-    events,
-    fee,
-    resync_signers,
-    settle,
-    settle_reverted,
-)
+from tests.chain.test_escrow_batch import events, fee, settle, settle_reverted
 from tests.chain.test_escrow_hostile_tokens import deploy_funded_token
 
-EXAMPLES_MAX: Final = 5
+EXAMPLES_MAX: Final = 25
 STEPS_MAX: Final = 20
 PAYMENTS_MAX: Final = 4  # bounds the chain reads every invariant check makes
 BATCH_OPS_MAX: Final = 4
@@ -108,6 +110,13 @@ class Planned:
     call: ContractFunction
 
 
+def resync_signers(world: LocalDeployment) -> None:
+    """Re-reads every signer's nonce, after the chain was reverted under it."""
+    for value in vars(world).values():
+        if isinstance(value, Signer):
+            value.resync()
+
+
 @dataclass
 class Arena:
     """The deployment, its blocklist token, and the snapshot every example starts from."""
@@ -135,7 +144,9 @@ class EscrowModel(RuleBasedStateMachine):
         self.sink = w.pauser.address  # never blocked: where blocked accounts withdraw to
         self.blockable = (self.payer, self.merchant, self.fee_receiver, self.other)
         tracked = (*self.blockable, self.sink)
-        self.signers = {s.address: s for s in vars(w).values() if isinstance(s, Signer)}
+        self.signers: dict[str, Signer] = {
+            s.address: s for s in vars(w).values() if isinstance(s, Signer)
+        }
         self.books = Books(
             holds={},
             balances={a: w.balance(a, self.token) for a in tracked},
@@ -224,7 +235,7 @@ class EscrowModel(RuleBasedStateMachine):
                 Method.ALLOWANCE,
                 signature,
                 fee_bps,
-                [leg.as_tuple() for leg in legs],
+                legs_tuple(legs),
             ),
         )
 
@@ -235,7 +246,7 @@ class EscrowModel(RuleBasedStateMachine):
         return Planned(
             BatchOp.capture(terms, seq, amount, fee_bps, legs),
             self.world.escrow.functions.capture(
-                terms_tuple(terms), seq, amount, fee_bps, [leg.as_tuple() for leg in legs]
+                terms_tuple(terms), seq, amount, fee_bps, legs_tuple(legs)
             ),
         )
 
@@ -405,7 +416,6 @@ class EscrowModel(RuleBasedStateMachine):
 def test_escrow_stays_solvent_and_matches_the_model_under_random_operations(
     world: LocalDeployment,
 ) -> None:
-    resync_signers(world)
     token = deploy_funded_token(world, "BlocklistToken")
     arena = Arena(world, token, world.backend.snapshot())
 
