@@ -27,7 +27,7 @@ from engine.chain.escrow import (
     encode_record,
     terms_tuple,
 )
-from engine.chain.localnet import UNIT, LocalDeployment
+from engine.chain.localnet import MINT_PER_ACCOUNT, UINT256_MAX, UNIT, LocalDeployment
 from engine.chain.reverts import decode_revert
 from engine.domain.ids import PaymentTerms
 
@@ -53,13 +53,28 @@ def events(contract: Contract, name: str, receipt: TxReceipt) -> list[dict[str, 
     ]
 
 
-def payouts(world: LocalDeployment, receipt: TxReceipt) -> list[tuple[str, int]]:
-    """(recipient, amount) of every token transfer out of the escrow in `receipt`."""
+def payouts(
+    world: LocalDeployment, receipt: TxReceipt, token: Contract | None = None
+) -> list[tuple[str, int]]:
+    """(recipient, amount) of every transfer of `token` (default: the stablecoin) out of the
+    escrow in `receipt`."""
     return [
         (transfer["to"], transfer["value"])
-        for transfer in events(world.token, "Transfer", receipt)
+        for transfer in events(token or world.token, "Transfer", receipt)
         if transfer["from"] == world.escrow.address
     ]
+
+
+def deploy_funded_token(world: LocalDeployment, artifact: str) -> Contract:
+    """A test token minted to everyone who funds holds, refunds or disputes, each of whom
+    approves the escrow, as deploy_local does for the stablecoin."""
+    token = world.admin.deploy(artifact)
+    funders = (world.payer, world.operator, world.merchant, world.arbiter)
+    for signer in funders:
+        world.admin.send(token.functions.mint(signer.address, MINT_PER_ACCOUNT))
+    for signer in funders:
+        signer.send(token.functions.approve(world.escrow.address, UINT256_MAX))
+    return token
 
 
 def settle(world: LocalDeployment, ops: Sequence[BatchOp], *, atomic: bool) -> TxReceipt:
@@ -88,7 +103,7 @@ def captured(world: LocalDeployment, amount: int = 100 * UNIT) -> PaymentTerms:
     return terms
 
 
-def paid_out(world: LocalDeployment) -> dict[str, int]:
+def balances(world: LocalDeployment) -> dict[str, int]:
     """Token balances of everyone a batch moves money between."""
     accounts = (
         world.escrow,
@@ -170,7 +185,7 @@ def test_atomic_batch_applies_authorize_charge_capture_void_and_refund_together(
     world: LocalDeployment,
 ) -> None:
     mixed = Mixed.prepare(world)
-    before = paid_out(world)
+    before = balances(world)
 
     receipt = settle(world, mixed.ops(world), atomic=True)
 
@@ -182,7 +197,7 @@ def test_atomic_batch_applies_authorize_charge_capture_void_and_refund_together(
         (0, 70 * UNIT, 3),
     ]
     sale_fee, capture_fee = fee(50 * UNIT, 60), fee(40 * UNIT, 100)
-    after = paid_out(world)
+    after = balances(world)
     assert after[world.escrow.address] == 60 * UNIT + 60 * UNIT  # the two open holds
     assert after[world.payer.address] - before[world.payer.address] == (
         -60 * UNIT - 50 * UNIT + 100 * UNIT + 30 * UNIT
@@ -211,14 +226,14 @@ def test_atomic_batch_with_one_bad_operation_reverts_with_its_error_and_changes_
     failing, error, args = mixed.bad_op(world, bad)
     # The bad operation goes last, so every other one has already run when it fails.
     ops = [op for kind, op in zip(KINDS, good, strict=True) if kind != bad] + [failing]
-    before_states, before_balances = states(world, mixed.all_terms()), paid_out(world)
+    before_states, before_balances = states(world, mixed.all_terms()), balances(world)
 
     reverted = settle_reverted(world, encode_batch(ops), atomic=True)
 
     assert reverted.error == error
     assert args.items() <= reverted.args_by_name.items()
     assert states(world, mixed.all_terms()) == before_states
-    assert paid_out(world) == before_balances
+    assert balances(world) == before_balances
 
 
 # ───────────────────────────── non-atomic ─────────────────────────────
@@ -291,6 +306,71 @@ def test_non_atomic_failed_charge_leaves_no_hold_no_pull_and_no_netted_payout(
     )
 
 
+def test_non_atomic_merchant_funded_refund_names_the_batch_sender_as_the_funding_spender(
+    world: LocalDeployment,
+) -> None:
+    """Inside a non-atomic batch each operation runs in a call from the escrow to itself; the
+    merchant's approval must still be checked for the operator who sent the batch."""
+    terms = captured(world)
+    refund = [BatchOp.refund(terms, 2, 10 * UNIT, merchant_funds=True)]
+    approve = world.escrow.functions.approveFunding
+    world.merchant.send(approve(world.operator.address, False))
+
+    (failed,) = events(world.escrow, "OperationFailed", settle(world, refund, atomic=False))
+    reason = decode_revert(failed["reason"])
+    assert (reason.error, reason.args_by_name) == (
+        "FundingNotApproved",
+        {"merchant": world.merchant.address, "spender": world.operator.address},
+    )
+
+    world.merchant.send(approve(world.operator.address, True))
+    before = balances(world)
+    settle(world, refund, atomic=False)
+    after = balances(world)
+    assert after[world.merchant.address] == before[world.merchant.address] - 10 * UNIT
+    assert after[world.payer.address] == before[world.payer.address] + 10 * UNIT
+    assert world.state(terms) == (0, 90 * UNIT, 3)
+
+
+def test_batch_records_carry_extreme_field_values_intact(world: LocalDeployment) -> None:
+    """Every packed field at its widest: a misread bit would change the payment id (so the
+    operation would miss its payment) or show in the errors' echoed arguments."""
+    terms = world.terms(
+        2**120 - 1,
+        authorization_expiry=2**48 - 2,
+        refund_expiry=2**48 - 1,
+        max_fee_bps=10_000,
+        salt=2**256 - 1,
+    )
+    signature = world.payer_signature(terms)
+    fee_before = world.balance(world.fee_receiver.address)
+
+    settle(
+        world,
+        [
+            BatchOp.authorize(terms, 5 * UNIT, Method.ALLOWANCE, signature),
+            BatchOp.capture(terms, 1, 2 * UNIT, 10_000),
+        ],
+        atomic=True,
+    )
+    receipt = settle(
+        world,
+        [BatchOp.void(terms, 2, 2**120 - 1), BatchOp.refund(terms, 0xFFFF, 1)],
+        atomic=False,
+    )
+
+    assert world.state(terms) == (3 * UNIT, 2 * UNIT, 2)
+    assert world.balance(world.fee_receiver.address) == fee_before + 2 * UNIT
+    reasons = [decode_revert(f["reason"]) for f in events(world.escrow, "OperationFailed", receipt)]
+    assert [(r.error, r.args_by_name) for r in reasons] == [
+        ("AmountExceedsCapturable", {"amount": 2**120 - 1, "capturable": 3 * UNIT}),
+        (
+            "StaleSequence",
+            {"paymentId": world.payment_hash(terms), "current": 2, "given": 0xFFFF},
+        ),
+    ]
+
+
 # ─────────────────────────────── netting ───────────────────────────────
 
 
@@ -330,6 +410,22 @@ def test_captures_to_two_merchants_are_paid_in_one_transfer_each(world: LocalDep
     )
 
 
+def test_captures_in_two_tokens_to_one_merchant_are_paid_in_one_transfer_per_token(
+    world: LocalDeployment,
+) -> None:
+    second = deploy_funded_token(world, "TestStablecoin")
+    in_first = [held(world), held(world)]
+    in_second = [world.terms(token=second.address) for _ in range(2)]
+    for terms in in_second:
+        world.authorize(terms)
+    ops = [BatchOp.capture(t, 1, 10 * UNIT, 0) for t in [*in_first, *in_second]]
+
+    receipt = settle(world, ops, atomic=True)
+
+    assert payouts(world, receipt) == [(world.merchant.address, 20 * UNIT)]
+    assert payouts(world, receipt, second) == [(world.merchant.address, 20 * UNIT)]
+
+
 def test_voids_and_refunds_to_one_payer_are_paid_in_one_transfer(world: LocalDeployment) -> None:
     to_void, to_refund = held(world), captured(world)
     ops = [BatchOp.void(to_void, 1, 30 * UNIT), BatchOp.refund(to_refund, 2, 45 * UNIT)]
@@ -348,7 +444,7 @@ def test_replayed_atomic_batch_reverts_with_StaleSequence_and_applies_nothing_tw
     to_capture, to_void = held(world), held(world)
     ops = [BatchOp.capture(to_capture, 1, 40 * UNIT, 100), BatchOp.void(to_void, 1, 10 * UNIT)]
     settle(world, ops, atomic=True)
-    after_first = states(world, [to_capture, to_void]), paid_out(world)
+    after_first = states(world, [to_capture, to_void]), balances(world)
 
     reverted = settle_reverted(world, encode_batch(ops), atomic=True)
 
@@ -358,7 +454,7 @@ def test_replayed_atomic_batch_reverts_with_StaleSequence_and_applies_nothing_tw
         "current": 2,
         "given": 1,
     }
-    assert (states(world, [to_capture, to_void]), paid_out(world)) == after_first
+    assert (states(world, [to_capture, to_void]), balances(world)) == after_first
 
 
 def test_replayed_non_atomic_batch_fails_every_operation_and_moves_nothing(
@@ -371,7 +467,7 @@ def test_replayed_non_atomic_batch_fails_every_operation_and_moves_nothing(
         BatchOp.void(to_void, 1, 10 * UNIT),
     ]
     settle(world, ops, atomic=False)
-    after_first = states(world, [new_hold, to_capture, to_void]), paid_out(world)
+    after_first = states(world, [new_hold, to_capture, to_void]), balances(world)
 
     receipt = settle(world, ops, atomic=False)
 
@@ -383,7 +479,7 @@ def test_replayed_non_atomic_batch_fails_every_operation_and_moves_nothing(
         "StaleSequence",
     ]
     assert payouts(world, receipt) == []
-    assert (states(world, [new_hold, to_capture, to_void]), paid_out(world)) == after_first
+    assert (states(world, [new_hold, to_capture, to_void]), balances(world)) == after_first
 
 
 # ────────────────────────── format and limits ──────────────────────────

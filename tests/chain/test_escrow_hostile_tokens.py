@@ -12,23 +12,11 @@ from web3.contract import Contract
 from web3.types import TxReceipt
 
 from engine.chain.escrow import BatchOp, Method, terms_tuple
-from engine.chain.localnet import MINT_PER_ACCOUNT, UINT256_MAX, UNIT, LocalDeployment
+from engine.chain.localnet import MINT_PER_ACCOUNT, UNIT, LocalDeployment
 from engine.domain.ids import PaymentTerms
-from tests.chain.test_escrow_batch import events, revert_of, settle
+from tests.chain.test_escrow_batch import deploy_funded_token, events, revert_of, settle
 
 ZERO_ADDRESS: Final = "0x" + "00" * 20
-
-
-def deploy_funded_token(world: LocalDeployment, artifact: str) -> Contract:
-    """A test token minted to everyone who funds holds, refunds or disputes, each of whom
-    approves the escrow, as deploy_local does for the stablecoin."""
-    token = world.admin.deploy(artifact)
-    funders = (world.payer, world.operator, world.merchant, world.arbiter)
-    for signer in funders:
-        world.admin.send(token.functions.mint(signer.address, MINT_PER_ACCOUNT))
-    for signer in funders:
-        signer.send(token.functions.approve(world.escrow.address, UINT256_MAX))
-    return token
 
 
 def capture(

@@ -312,7 +312,7 @@ def test_refund_at_refund_expiry_reverts_with_RefundWindowClosed(world: LocalDep
         world.operator.send(world.escrow.functions.refund(terms_tuple(terms), 2, UNIT, False))
 
 
-def test_merchant_funded_refund_without_merchant_allowance_reverts_at_the_pull(
+def test_merchant_funded_refund_without_token_allowance_reverts_with_ERC20InsufficientAllowance(
     world: LocalDeployment,
 ) -> None:
     terms = captured(world)

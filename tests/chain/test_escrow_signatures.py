@@ -178,7 +178,7 @@ def test_authorize_by_permit_still_holds_when_someone_submitted_the_permit_first
     assert allowance(world) == 0
 
 
-def test_authorize_by_permit_with_a_terms_signature_for_other_terms_reverts(
+def test_permit_with_a_signature_over_other_terms_reverts_with_InvalidPayerSignature(
     world: LocalDeployment,
 ) -> None:
     revoke_allowance(world)
@@ -189,7 +189,7 @@ def test_authorize_by_permit_with_a_terms_signature_for_other_terms_reverts(
     assert allowance(world) == 0
 
 
-def test_authorize_by_permit_whose_permit_fails_reverts_at_the_pull_without_allowance(
+def test_failed_permit_without_allowance_reverts_with_ERC20InsufficientAllowance(
     world: LocalDeployment,
 ) -> None:
     revoke_allowance(world)
