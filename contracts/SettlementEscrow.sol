@@ -149,6 +149,7 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
     // ──────────────────────────── errors ─────────────────────────────
 
     error ZeroAddress();
+    error InvalidRecipient(address recipient);
     error ZeroAmount();
     error InvalidExpiries(uint48 authorizationExpiry, uint48 refundExpiry);
     error InvalidFeeBounds(uint16 minFeeBps, uint16 maxFeeBps);
@@ -192,7 +193,8 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
      * @notice Places a hold of `amount` (≤ terms.maxAmount) by pulling it from the payer.
      * @dev Caller: terms.operator, holding OPERATOR_ROLE; not while paused.
      * Emits {Authorized}. Reverts with PaymentExists, AuthorizationExpired, AmountExceedsMax,
-     * InvalidExpiries, InvalidFeeBounds, InvalidPayerSignature, ShortPull, NotOperator.
+     * InvalidExpiries, InvalidFeeBounds, InvalidPayerSignature, ShortPull, NotOperator,
+     * ZeroAddress, InvalidRecipient (the escrow as merchant or fee receiver).
      * @return id the EIP-712 hash of `terms`.
      */
     function authorize(PaymentTerms memory terms, uint256 amount, Method method, bytes memory auth)
@@ -258,7 +260,10 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
             revert AuthorizationNotExpired(terms.authorizationExpiry, block.timestamp);
         }
         if (p.capturable == 0) revert ZeroAmount();
-        _store(id, Payment(0, p.refundable, _next(p.seq)));
+        // Saturates instead of overflowing: the payer's exit must not depend on how many
+        // operations the operator made (a stale seq at the cap still reverts on the next op).
+        uint16 seq = p.seq == type(uint16).max ? p.seq : p.seq + 1;
+        _store(id, Payment(0, p.refundable, seq));
         emit Reclaimed(id, p.seq, p.capturable);
         _push(terms.token, terms.payer, p.capturable);
     }
@@ -504,6 +509,8 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
         _requireNotPaused();
         if (sender != t.operator) revert NotOperator(sender, t.operator);
         if (t.payer == address(0) || t.merchant == address(0) || t.token == address(0)) revert ZeroAddress();
+        // Funds paid to the escrow itself would be owed to no one: a recipient must be outside.
+        if (t.merchant == address(this) || t.feeReceiver == address(this)) revert InvalidRecipient(address(this));
         if (t.authorizationExpiry > t.refundExpiry) revert InvalidExpiries(t.authorizationExpiry, t.refundExpiry);
         if (t.minFeeBps > t.maxFeeBps || t.maxFeeBps > BPS || (t.feeReceiver == address(0) && t.maxFeeBps != 0)) {
             revert InvalidFeeBounds(t.minFeeBps, t.maxFeeBps);
@@ -586,7 +593,10 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
             uint256 fee = _ceilBps(amount, feeBps);
             uint256 extra;
             for (uint256 i; i < legs.length; ++i) {
-                if (legs[i].recipient == address(0) || legs[i].amount == 0) revert InvalidLeg(i);
+                address recipient = legs[i].recipient;
+                if (recipient == address(0) || recipient == address(this) || legs[i].amount == 0) {
+                    revert InvalidLeg(i);
+                }
                 extra += legs[i].amount;
             }
             uint256 budget = _ceilBps(amount, t.maxFeeBps);
