@@ -168,6 +168,58 @@ def sign_payment(payer: LocalAccount, payment_hash: bytes) -> bytes:
     return bytes(payer.unsafe_sign_hash(Hash32(payment_hash)).signature)
 
 
+_PERMIT_FIELDS: Final = (
+    ("owner", "address"),
+    ("spender", "address"),
+    ("value", "uint256"),
+    ("nonce", "uint256"),
+    ("deadline", "uint256"),
+)
+_RECEIVE_FIELDS: Final = (
+    ("from", "address"),
+    ("to", "address"),
+    ("value", "uint256"),
+    ("validAfter", "uint256"),
+    ("validBefore", "uint256"),
+    ("nonce", "bytes32"),
+)
+_DOMAIN_TYPES: Final = [
+    {"name": "name", "type": "string"},
+    {"name": "version", "type": "string"},
+    {"name": "chainId", "type": "uint256"},
+    {"name": "verifyingContract", "type": "address"},
+]
+
+
+def _sign_for_token(
+    signer: LocalAccount,
+    token: Contract,
+    primary_type: str,
+    fields: tuple[tuple[str, str], ...],
+    message: dict[str, Any],
+) -> tuple[int, bytes, bytes]:
+    """(v, r, s) of EIP-712 typed data under the token's own domain (ERC-5267)."""
+    name, version, chain_id, verifying = _eip712_domain(token)
+    signed = Account.sign_typed_data(
+        signer.key,
+        full_message={
+            "types": {
+                "EIP712Domain": _DOMAIN_TYPES,
+                primary_type: [{"name": n, "type": t} for n, t in fields],
+            },
+            "primaryType": primary_type,
+            "domain": {
+                "name": name,
+                "version": version,
+                "chainId": chain_id,
+                "verifyingContract": verifying,
+            },
+            "message": message,
+        },
+    )
+    return signed.v, signed.r.to_bytes(32, "big"), signed.s.to_bytes(32, "big")
+
+
 def permit_auth(
     payer: LocalAccount,
     token: Contract,
@@ -177,46 +229,17 @@ def permit_auth(
     payment_hash: bytes,
 ) -> bytes:
     """`auth` for Method.PERMIT: an EIP-2612 permit for `value` plus the terms signature."""
-    name, version, chain_id, verifying = _eip712_domain(token)
-    nonce = token.functions.nonces(payer.address).call()
-    signed = Account.sign_typed_data(
-        payer.key,
-        full_message={
-            "types": {
-                "EIP712Domain": _DOMAIN_TYPES,
-                "Permit": [
-                    {"name": "owner", "type": "address"},
-                    {"name": "spender", "type": "address"},
-                    {"name": "value", "type": "uint256"},
-                    {"name": "nonce", "type": "uint256"},
-                    {"name": "deadline", "type": "uint256"},
-                ],
-            },
-            "primaryType": "Permit",
-            "domain": {
-                "name": name,
-                "version": version,
-                "chainId": chain_id,
-                "verifyingContract": verifying,
-            },
-            "message": {
-                "owner": payer.address,
-                "spender": spender,
-                "value": value,
-                "nonce": nonce,
-                "deadline": deadline,
-            },
-        },
-    )
+    message = {
+        "owner": payer.address,
+        "spender": spender,
+        "value": value,
+        "nonce": token.functions.nonces(payer.address).call(),
+        "deadline": deadline,
+    }
+    v, r, s = _sign_for_token(payer, token, "Permit", _PERMIT_FIELDS, message)
     return encode(
         ["uint256", "uint8", "bytes32", "bytes32", "bytes"],
-        [
-            deadline,
-            signed.v,
-            signed.r.to_bytes(32, "big"),
-            signed.s.to_bytes(32, "big"),
-            sign_payment(payer, payment_hash),
-        ],
+        [deadline, v, r, s, sign_payment(payer, payment_hash)],
     )
 
 
@@ -230,56 +253,18 @@ def erc3009_auth(
     payment_hash: bytes,
 ) -> bytes:
     """`auth` for Method.ERC3009: receiveWithAuthorization signed with the payment id as nonce."""
-    name, version, chain_id, verifying = _eip712_domain(token)
-    signed = Account.sign_typed_data(
-        payer.key,
-        full_message={
-            "types": {
-                "EIP712Domain": _DOMAIN_TYPES,
-                "ReceiveWithAuthorization": [
-                    {"name": "from", "type": "address"},
-                    {"name": "to", "type": "address"},
-                    {"name": "value", "type": "uint256"},
-                    {"name": "validAfter", "type": "uint256"},
-                    {"name": "validBefore", "type": "uint256"},
-                    {"name": "nonce", "type": "bytes32"},
-                ],
-            },
-            "primaryType": "ReceiveWithAuthorization",
-            "domain": {
-                "name": name,
-                "version": version,
-                "chainId": chain_id,
-                "verifyingContract": verifying,
-            },
-            "message": {
-                "from": payer.address,
-                "to": escrow,
-                "value": amount,
-                "validAfter": valid_after,
-                "validBefore": valid_before,
-                "nonce": payment_hash,
-            },
-        },
-    )
+    message = {
+        "from": payer.address,
+        "to": escrow,
+        "value": amount,
+        "validAfter": valid_after,
+        "validBefore": valid_before,
+        "nonce": payment_hash,
+    }
+    v, r, s = _sign_for_token(payer, token, "ReceiveWithAuthorization", _RECEIVE_FIELDS, message)
     return encode(
-        ["uint256", "uint256", "uint8", "bytes32", "bytes32"],
-        [
-            valid_after,
-            valid_before,
-            signed.v,
-            signed.r.to_bytes(32, "big"),
-            signed.s.to_bytes(32, "big"),
-        ],
+        ["uint256", "uint256", "uint8", "bytes32", "bytes32"], [valid_after, valid_before, v, r, s]
     )
-
-
-_DOMAIN_TYPES: Final = [
-    {"name": "name", "type": "string"},
-    {"name": "version", "type": "string"},
-    {"name": "chainId", "type": "uint256"},
-    {"name": "verifyingContract", "type": "address"},
-]
 
 
 def _eip712_domain(token: Contract) -> tuple[str, str, int, str]:
