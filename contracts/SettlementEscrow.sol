@@ -342,7 +342,8 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
      *   refundExpiry u48 | minFeeBps u16 | maxFeeBps u16 | feeReceiver, operator (20 bytes each) |
      *   salt u256 | dataLength u16 | data (dataLength bytes; see {Record})
      * Caller: OPERATOR_ROLE, and terms.operator of every operation.
-     * Reverts with EmptyBatch, BatchTooLarge, MalformedBatch, or (atomic) any error of the operations.
+     * Reverts with EmptyBatch, BatchTooLarge, MalformedBatch, or (atomic) any error of the operations
+     * (a record whose `data` is not valid ABI for its kind fails with empty revert data).
      */
     function settleBatch(bytes calldata ops, bool atomic) external nonReentrant onlyRole(OPERATOR_ROLE) {
         if (ops.length == 0) revert EmptyBatch();
@@ -378,8 +379,9 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
 
     /**
      * @notice Pays out the caller's credits of `token` (payouts that could not be pushed) to `to`.
-     * @dev Caller: the credited account. Emits {Withdrawn}. Reverts with NothingToWithdraw, or
-     * SafeERC20FailedOperation when the token refuses the transfer.
+     * @dev Caller: the credited account. Emits {Withdrawn}. Reverts with NothingToWithdraw,
+     * ZeroAddress, or, when the token refuses the transfer, the token's own error
+     * (SafeERC20FailedOperation if it just returns false); the credit then stays.
      */
     function withdraw(address token, address to) external nonReentrant {
         uint256 amount = _credits[token][msg.sender];

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 from eth_abi import decode
 from eth_utils import function_signature_to_4byte_selector, to_checksum_address
 
-from engine.chain.compiler import load_artifact
+from engine.chain.compiler import ARTIFACTS_DIR, load_artifact
 from engine.chain.errors import ChainError
 
 # Solidity's built-in reverts, besides the contracts' custom errors.
@@ -21,7 +21,6 @@ _BUILTIN: Mapping[str, tuple[tuple[str, str], ...]] = {
     "Error": (("message", "string"),),
     "Panic": (("code", "uint256"),),
 }
-_REVERT_CONTRACTS = ("SettlementEscrow", "TestStablecoin")
 
 
 class ContractReverted(ChainError):
@@ -45,8 +44,10 @@ def _show(value: Any) -> str:
 @cache
 def _errors_by_selector() -> dict[bytes, tuple[str, tuple[tuple[str, str], ...]]]:
     entries: list[tuple[str, tuple[tuple[str, str], ...]]] = list(_BUILTIN.items())
-    for name in _REVERT_CONTRACTS:
-        entries.extend(_abi_errors(load_artifact(name).abi))
+    # Every checked-in contract: a token's own error (a blocklist, say) surfaces through the
+    # escrow's calls unchanged.
+    for path in sorted(ARTIFACTS_DIR.glob("*.json")):
+        entries.extend(_abi_errors(load_artifact(path.stem).abi))
     table = {}
     for error, inputs in entries:
         signature = f"{error}({','.join(kind for _, kind in inputs)})"

@@ -1,8 +1,8 @@
 """settleBatch on both EVMs: all-or-nothing and one-by-one batches, netting of payouts,
 replay protection, and the packed format's limits.
 
-The module also holds the small helpers the other escrow test modules share: reading a
-contract's own events from a receipt, asserting on a revert by its custom error, settling.
+The module also holds what the hostile-token and stateful modules share with it: a funded
+extra token, settling a batch, and the payouts a receipt shows.
 """
 
 from __future__ import annotations
@@ -14,55 +14,36 @@ from typing import Any, Final
 import pytest
 from hexbytes import HexBytes
 from web3.contract import Contract
-from web3.contract.contract import ContractFunction
 from web3.types import TxReceipt
 
 from engine.chain.escrow import (
     BatchOp,
-    ContractReverted,
     Leg,
     Method,
     Signer,
     encode_batch,
     encode_record,
-    terms_tuple,
 )
 from engine.chain.localnet import MINT_PER_ACCOUNT, UINT256_MAX, UNIT, LocalDeployment
 from engine.chain.reverts import decode_revert
 from engine.domain.ids import PaymentTerms
-
-
-def revert_of(signer: Signer, call: ContractFunction) -> ContractReverted:
-    """Sends `call`, which must revert, and returns its decoded custom error."""
-    with pytest.raises(ContractReverted) as raised:
-        signer.send(call)
-    return raised.value
-
-
-def events(contract: Contract, name: str, receipt: TxReceipt) -> list[dict[str, Any]]:
-    """The arguments of `contract`'s own `name` events in `receipt`, in log order.
-
-    Filtered by emitter, since a token's Transfer and the escrow's events share one receipt.
-    """
-    event = contract.events[name]()
-    topic = HexBytes(event.topic)
-    return [
-        dict(event.process_log(log)["args"])
-        for log in receipt["logs"]
-        if log["address"].lower() == contract.address.lower() and log["topics"][0] == topic
-    ]
+from tests.chain.invariants import captured, emitted, reverts_with
 
 
 def payouts(
     world: LocalDeployment, receipt: TxReceipt, token: Contract | None = None
 ) -> list[tuple[str, int]]:
     """(recipient, amount) of every transfer of `token` (default: the stablecoin) out of the
-    escrow in `receipt`."""
-    return [
-        (transfer["to"], transfer["value"])
-        for transfer in events(token or world.token, "Transfer", receipt)
-        if transfer["from"] == world.escrow.address
-    ]
+    escrow in `receipt`. Filtered by emitter: every token's Transfer event looks the same."""
+    token = token or world.token
+    transfer = token.events.Transfer()
+    topic = HexBytes(transfer.topic)
+    found = (
+        transfer.process_log(log)["args"]
+        for log in receipt["logs"]
+        if log["address"].lower() == token.address.lower() and log["topics"][0] == topic
+    )
+    return [(t["to"], t["value"]) for t in found if t["from"] == world.escrow.address]
 
 
 def deploy_funded_token(world: LocalDeployment, artifact: str) -> Contract:
@@ -77,12 +58,10 @@ def deploy_funded_token(world: LocalDeployment, artifact: str) -> Contract:
     return token
 
 
-def settle(world: LocalDeployment, ops: Sequence[BatchOp], *, atomic: bool) -> TxReceipt:
-    return world.operator.send(world.escrow.functions.settleBatch(encode_batch(ops), atomic))
-
-
-def settle_reverted(world: LocalDeployment, ops: bytes, *, atomic: bool) -> ContractReverted:
-    return revert_of(world.operator, world.escrow.functions.settleBatch(ops, atomic))
+def settle(world: LocalDeployment, ops: Sequence[BatchOp] | bytes, *, atomic: bool) -> TxReceipt:
+    """Sends a batch as the operator; `ops` as bytes is sent as packed, broken or not."""
+    packed = ops if isinstance(ops, bytes) else encode_batch(ops)
+    return world.operator.send(world.escrow.functions.settleBatch(packed, atomic))
 
 
 def fee(amount: int, bps: int) -> int:
@@ -93,13 +72,6 @@ def fee(amount: int, bps: int) -> int:
 def held(world: LocalDeployment, amount: int = 100 * UNIT) -> PaymentTerms:
     terms = world.terms(amount)
     world.authorize(terms)
-    return terms
-
-
-def captured(world: LocalDeployment, amount: int = 100 * UNIT) -> PaymentTerms:
-    """A payment whose whole hold was captured at zero fee: refundable `amount`, seq 2."""
-    terms = held(world, amount)
-    world.operator.send(world.escrow.functions.capture(terms_tuple(terms), 1, amount, 0, []))
     return terms
 
 
@@ -210,8 +182,8 @@ def test_atomic_batch_applies_authorize_charge_capture_void_and_refund_together(
         sale_fee + capture_fee
     )
     assert after[world.other.address] - before[world.other.address] == UNIT // 5
-    assert len(events(world.escrow, "Authorized", receipt)) == 2
-    assert [e["amount"] for e in events(world.escrow, "Captured", receipt)] == [
+    assert len(emitted(world, receipt, "Authorized")) == 2
+    assert [e["amount"] for e in emitted(world, receipt, "Captured")] == [
         50 * UNIT,
         40 * UNIT,
     ]
@@ -228,10 +200,9 @@ def test_atomic_batch_with_one_bad_operation_reverts_with_its_error_and_changes_
     ops = [op for kind, op in zip(KINDS, good, strict=True) if kind != bad] + [failing]
     before_states, before_balances = states(world, mixed.all_terms()), balances(world)
 
-    reverted = settle_reverted(world, encode_batch(ops), atomic=True)
+    with reverts_with(world, error, **args):
+        settle(world, ops, atomic=True)
 
-    assert reverted.error == error
-    assert args.items() <= reverted.args_by_name.items()
     assert states(world, mixed.all_terms()) == before_states
     assert balances(world) == before_balances
 
@@ -251,7 +222,7 @@ def test_non_atomic_batch_applies_good_operations_and_reports_each_bad_one(
 
     receipt = settle(world, ops, atomic=False)
 
-    failed = events(world.escrow, "OperationFailed", receipt)
+    failed = emitted(world, receipt, "OperationFailed")
     assert [(f["paymentId"], f["index"]) for f in failed] == [
         (world.payment_hash(mixed.to_void), 1),
         (world.payment_hash(mixed.new_sale), 3),
@@ -292,12 +263,12 @@ def test_non_atomic_failed_charge_leaves_no_hold_no_pull_and_no_netted_payout(
 
     receipt = settle(world, ops, atomic=False)
 
-    (failed,) = events(world.escrow, "OperationFailed", receipt)
+    (failed,) = emitted(world, receipt, "OperationFailed")
     assert (failed["paymentId"], failed["index"]) == (world.payment_hash(sale), 1)
     assert decode_revert(failed["reason"]).error == "FeeBudgetExceeded"
     assert world.state(sale) == (0, 0, 0)
     assert world.balance(world.payer.address) == payer_before
-    assert events(world.escrow, "Authorized", receipt) == []
+    assert emitted(world, receipt, "Authorized") == []
     assert sorted(payouts(world, receipt)) == sorted(
         [
             (world.merchant.address, 40 * UNIT - fee(40 * UNIT, 100)),
@@ -316,7 +287,7 @@ def test_non_atomic_merchant_funded_refund_names_the_batch_sender_as_the_funding
     approve = world.escrow.functions.approveFunding
     world.merchant.send(approve(world.operator.address, False))
 
-    (failed,) = events(world.escrow, "OperationFailed", settle(world, refund, atomic=False))
+    (failed,) = emitted(world, settle(world, refund, atomic=False), "OperationFailed")
     reason = decode_revert(failed["reason"])
     assert (reason.error, reason.args_by_name) == (
         "FundingNotApproved",
@@ -361,7 +332,7 @@ def test_batch_records_carry_extreme_field_values_intact(world: LocalDeployment)
 
     assert world.state(terms) == (3 * UNIT, 2 * UNIT, 2)
     assert world.balance(world.fee_receiver.address) == fee_before + 2 * UNIT
-    reasons = [decode_revert(f["reason"]) for f in events(world.escrow, "OperationFailed", receipt)]
+    reasons = [decode_revert(f["reason"]) for f in emitted(world, receipt, "OperationFailed")]
     assert [(r.error, r.args_by_name) for r in reasons] == [
         ("AmountExceedsCapturable", {"amount": 2**120 - 1, "capturable": 3 * UNIT}),
         (
@@ -446,14 +417,11 @@ def test_replayed_atomic_batch_reverts_with_StaleSequence_and_applies_nothing_tw
     settle(world, ops, atomic=True)
     after_first = states(world, [to_capture, to_void]), balances(world)
 
-    reverted = settle_reverted(world, encode_batch(ops), atomic=True)
+    with reverts_with(
+        world, "StaleSequence", paymentId=world.payment_hash(to_capture), current=2, given=1
+    ):
+        settle(world, ops, atomic=True)
 
-    assert reverted.error == "StaleSequence"
-    assert reverted.args_by_name == {
-        "paymentId": world.payment_hash(to_capture),
-        "current": 2,
-        "given": 1,
-    }
     assert (states(world, [to_capture, to_void]), balances(world)) == after_first
 
 
@@ -471,7 +439,7 @@ def test_replayed_non_atomic_batch_fails_every_operation_and_moves_nothing(
 
     receipt = settle(world, ops, atomic=False)
 
-    failed = events(world.escrow, "OperationFailed", receipt)
+    failed = emitted(world, receipt, "OperationFailed")
     assert [f["index"] for f in failed] == [0, 1, 2]
     assert [decode_revert(f["reason"]).error for f in failed] == [
         "PaymentExists",
@@ -486,7 +454,8 @@ def test_replayed_non_atomic_batch_fails_every_operation_and_moves_nothing(
 
 
 def test_empty_batch_reverts_with_EmptyBatch(world: LocalDeployment) -> None:
-    assert settle_reverted(world, b"", atomic=True).error == "EmptyBatch"
+    with reverts_with(world, "EmptyBatch"):
+        settle(world, b"", atomic=True)
 
 
 def _malformed(world: LocalDeployment, good: bytes, case: str) -> tuple[bytes, int]:
@@ -514,18 +483,17 @@ def test_malformed_batch_reverts_with_MalformedBatch_at_the_broken_record(
     good = encode_record(BatchOp.capture(terms, 1, 40 * UNIT, 100))
     ops, offset = _malformed(world, good, case)
 
-    reverted = settle_reverted(world, ops, atomic=atomic)
+    with reverts_with(world, "MalformedBatch", offset=offset):
+        settle(world, ops, atomic=atomic)
 
-    assert (reverted.error, reverted.args_by_name) == ("MalformedBatch", {"offset": offset})
     assert world.state(terms) == (100 * UNIT, 0, 1)  # the good record before it is undone
 
 
 def test_batch_of_257_records_reverts_with_BatchTooLarge(world: LocalDeployment) -> None:
     record = encode_record(BatchOp.void(world.terms(), 1, 1))  # an unknown payment: fails alone
 
-    reverted = settle_reverted(world, record * 257, atomic=False)
-
-    assert (reverted.error, reverted.args_by_name) == ("BatchTooLarge", {"size": 257, "max": 256})
+    with reverts_with(world, "BatchTooLarge", size=257, max=256):
+        settle(world, record * 257, atomic=False)
 
 
 @pytest.mark.parametrize("caller", ["other", "operator"])
@@ -536,9 +504,9 @@ def test_applyIsolated_called_from_outside_reverts_with_OnlySelf(
     record = encode_record(BatchOp.capture(terms, 1, 40 * UNIT, 100))
     signer: Signer = getattr(world, caller)
 
-    reverted = revert_of(signer, world.escrow.functions.applyIsolated(record, signer.address))
+    with reverts_with(world, "OnlySelf"):
+        signer.send(world.escrow.functions.applyIsolated(record, signer.address))
 
-    assert reverted.error == "OnlySelf"
     assert world.state(terms) == (100 * UNIT, 0, 1)
 
 
@@ -546,7 +514,5 @@ def test_batch_from_an_account_without_OPERATOR_ROLE_reverts(world: LocalDeploym
     terms = held(world)
     ops = encode_batch([BatchOp.capture(terms, 1, 40 * UNIT, 100)])
 
-    reverted = revert_of(world.other, world.escrow.functions.settleBatch(ops, True))
-
-    assert reverted.error == "AccessControlUnauthorizedAccount"
-    assert reverted.args_by_name["account"] == world.other.address
+    with reverts_with(world, "AccessControlUnauthorizedAccount", account=world.other.address):
+        world.other.send(world.escrow.functions.settleBatch(ops, True))

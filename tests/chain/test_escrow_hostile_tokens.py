@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Final, NamedTuple
 
 import pytest
-from eth_abi import decode
 from eth_utils import function_signature_to_4byte_selector
 from web3.contract import Contract
 from web3.types import TxReceipt
@@ -14,7 +13,8 @@ from web3.types import TxReceipt
 from engine.chain.escrow import BatchOp, Method, terms_tuple
 from engine.chain.localnet import MINT_PER_ACCOUNT, UNIT, LocalDeployment
 from engine.domain.ids import PaymentTerms
-from tests.chain.test_escrow_batch import deploy_funded_token, events, revert_of, settle
+from tests.chain.invariants import assert_solvent, emitted, reverts_with
+from tests.chain.test_escrow_batch import deploy_funded_token, settle
 
 ZERO_ADDRESS: Final = "0x" + "00" * 20
 
@@ -31,15 +31,6 @@ def credit(world: LocalDeployment, token: Contract, account: str) -> int:
     return int(world.escrow.functions.credits(token.address, account).call())
 
 
-def escrow_holds_exactly(world: LocalDeployment, token: Contract, *terms: PaymentTerms) -> bool:
-    """The solvency invariant for one token, without disputes: holds plus unclaimed credits."""
-    accounts = (world.payer, world.merchant, world.fee_receiver, world.other)
-    owed = sum(world.state(t)[0] for t in terms) + sum(
-        credit(world, token, a.address) for a in accounts
-    )
-    return world.balance(world.escrow.address, token) == owed
-
-
 # ─────────────────────────── fee on transfer ───────────────────────────
 
 
@@ -52,12 +43,11 @@ def test_fee_on_transfer_token_authorization_reverts_with_ShortPull(
         terms_tuple(terms), 100 * UNIT, Method.ALLOWANCE, world.payer_signature(terms)
     )
 
-    reverted = revert_of(world.operator, call)
+    with reverts_with(
+        world, "ShortPull", token=token.address, expected=100 * UNIT, received=99 * UNIT
+    ):
+        world.operator.send(call)
 
-    assert (reverted.error, reverted.args_by_name) == (
-        "ShortPull",
-        {"token": token.address, "expected": 100 * UNIT, "received": 99 * UNIT},
-    )
     assert world.state(terms) == (0, 0, 0)
     assert world.balance(world.escrow.address, token) == 0
 
@@ -112,43 +102,37 @@ def test_capture_to_a_blocked_merchant_succeeds_and_credits_the_merchant(
 ) -> None:
     token, terms, receipt = blocked_capture
 
-    assert events(world.escrow, "Credited", receipt) == [
+    assert emitted(world, receipt, "Credited") == [
         {"token": token.address, "account": world.merchant.address, "amount": 39_600_000}
     ]
     assert world.state(terms) == (60 * UNIT, 40 * UNIT, 2)
     assert credit(world, token, world.merchant.address) == 39_600_000
     assert world.balance(world.merchant.address, token) == MINT_PER_ACCOUNT
     assert world.balance(world.fee_receiver.address, token) == 400_000  # other legs still paid
-    assert escrow_holds_exactly(world, token, terms)
+    assert_solvent(world)
 
 
 def test_blocked_merchant_cannot_withdraw_its_credit_to_itself(
     world: LocalDeployment, blocked_capture: BlockedCapture
 ) -> None:
-    """The token's own revert is bubbled by SafeERC20.safeTransfer; SafeERC20FailedOperation
-    is only raised for a token that returns false, which the withdraw NatSpec does not say."""
-    token, terms, _ = blocked_capture
+    """The token's own revert surfaces through the escrow, decoded by name; the credit stays."""
+    token = blocked_capture.token
+    with reverts_with(world, "AccountBlocked", account=world.merchant.address):
+        world.merchant.send(world.escrow.functions.withdraw(token.address, world.merchant.address))
 
-    reverted = revert_of(
-        world.merchant, world.escrow.functions.withdraw(token.address, world.merchant.address)
-    )
-
-    data = reverted.args_by_name["data"]
-    assert data[:4] == function_signature_to_4byte_selector("AccountBlocked(address)")
-    assert decode(["address"], data[4:]) == (world.merchant.address.lower(),)
     assert credit(world, token, world.merchant.address) == 39_600_000
-    assert escrow_holds_exactly(world, token, terms)
+    assert_solvent(world)
 
 
 def test_blocked_merchant_withdraws_its_credit_to_another_address_once(
     world: LocalDeployment, blocked_capture: BlockedCapture
 ) -> None:
-    token, terms, _ = blocked_capture
+    token = blocked_capture.token
     withdraw = world.escrow.functions.withdraw(token.address, world.other.address)
 
     receipt = world.merchant.send(withdraw)
 
-    assert events(world.escrow, "Withdrawn", receipt) == [
+    assert emitted(world, receipt, "Withdrawn") == [
         {
             "token": token.address,
             "account": world.merchant.address,
@@ -158,12 +142,11 @@ def test_blocked_merchant_withdraws_its_credit_to_another_address_once(
     ]
     assert world.balance(world.other.address, token) == 39_600_000
     assert credit(world, token, world.merchant.address) == 0
-    assert escrow_holds_exactly(world, token, terms)
-    again = revert_of(world.merchant, withdraw)
-    assert (again.error, again.args_by_name) == (
-        "NothingToWithdraw",
-        {"token": token.address, "account": world.merchant.address},
-    )
+    assert_solvent(world)
+    with reverts_with(
+        world, "NothingToWithdraw", token=token.address, account=world.merchant.address
+    ):
+        world.merchant.send(withdraw)
 
 
 def test_netted_batch_payout_to_a_blocked_merchant_becomes_one_credit_of_the_total(
@@ -177,11 +160,11 @@ def test_netted_batch_payout_to_a_blocked_merchant_becomes_one_credit_of_the_tot
 
     receipt = settle(world, [BatchOp.capture(t, 1, 50 * UNIT, 100) for t in payments], atomic=False)
 
-    assert events(world.escrow, "Credited", receipt) == [
+    assert emitted(world, receipt, "Credited") == [
         {"token": token.address, "account": world.merchant.address, "amount": 99 * UNIT}
     ]
     assert world.balance(world.fee_receiver.address, token) == UNIT
-    assert escrow_holds_exactly(world, token, *payments)
+    assert_solvent(world)
 
 
 # ───────────────────────────── reentrancy ─────────────────────────────
@@ -216,9 +199,9 @@ def test_reentry_during_a_pull_reverts_the_authorization_with_ReentrancyGuardRee
         terms_tuple(second), 100 * UNIT, Method.ALLOWANCE, world.payer_signature(second)
     )
 
-    reverted = revert_of(world.operator, call)
+    with reverts_with(world, "ReentrancyGuardReentrantCall"):
+        world.operator.send(call)
 
-    assert reverted.error == "ReentrancyGuardReentrantCall"
     assert world.state(first) == (100 * UNIT, 0, 1)
     assert world.state(second) == (0, 0, 0)
     assert world.balance(world.escrow.address, token) == 100 * UNIT
@@ -237,7 +220,7 @@ def test_reentry_during_a_pull_in_a_non_atomic_batch_fails_only_that_operation(
 
     receipt = settle(world, ops, atomic=False)
 
-    (failed,) = events(world.escrow, "OperationFailed", receipt)
+    (failed,) = emitted(world, receipt, "OperationFailed")
     assert (failed["paymentId"], failed["index"]) == (world.payment_hash(second), 0)
     assert failed["reason"] == function_signature_to_4byte_selector(
         "ReentrancyGuardReentrantCall()"
@@ -247,7 +230,7 @@ def test_reentry_during_a_pull_in_a_non_atomic_batch_fails_only_that_operation(
     # The failed pull rolled back the hook's disarming too: it fired again on the netted
     # payout of the void, which therefore became the payer's credit.
     assert credit(world, token, world.payer.address) == 30 * UNIT
-    assert escrow_holds_exactly(world, token, first)
+    assert_solvent(world)
 
 
 def test_reentry_during_a_push_turns_the_payouts_into_credits_and_captures_once(
@@ -264,13 +247,13 @@ def test_reentry_during_a_push_turns_the_payouts_into_credits_and_captures_once(
     )
 
     assert world.state(terms) == (60 * UNIT, 40 * UNIT, 2)
-    assert [(c["account"], c["amount"]) for c in events(world.escrow, "Credited", receipt)] == [
+    assert [(c["account"], c["amount"]) for c in emitted(world, receipt, "Credited")] == [
         (world.merchant.address, 39_600_000),
         (world.fee_receiver.address, 400_000),
     ]
     assert token.functions.hookCallCount().call() == 0
     assert world.balance(world.escrow.address, token) == 100 * UNIT
-    assert escrow_holds_exactly(world, token, terms)
+    assert_solvent(world)
 
 
 def test_reentry_during_a_withdrawal_reverts_it_and_the_credit_stays(
@@ -281,13 +264,13 @@ def test_reentry_during_a_withdrawal_reverts_it_and_the_credit_stays(
     capture(world, terms, 1, 40 * UNIT, 0)  # the merchant's payout becomes a credit
     withdraw = world.escrow.functions.withdraw(token.address, world.merchant.address)
 
-    reverted = revert_of(world.merchant, withdraw)
+    with reverts_with(world, "ReentrancyGuardReentrantCall"):
+        world.merchant.send(withdraw)
 
-    assert reverted.error == "ReentrancyGuardReentrantCall"
     assert credit(world, token, world.merchant.address) == 40 * UNIT
     world.admin.send(token.functions.setHook(ZERO_ADDRESS, b""))
     merchant_before = world.balance(world.merchant.address, token)
     world.merchant.send(withdraw)
     assert world.balance(world.merchant.address, token) == merchant_before + 40 * UNIT
     assert world.state(terms) == (60 * UNIT, 40 * UNIT, 2)
-    assert escrow_holds_exactly(world, token, terms)
+    assert_solvent(world)

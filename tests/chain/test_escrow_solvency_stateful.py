@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import ClassVar, Final
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -32,25 +33,20 @@ from engine.chain.escrow import (
     Leg,
     Method,
     Signer,
-    encode_batch,
     legs_tuple,
     terms_tuple,
 )
 from engine.chain.localnet import UNIT, LocalDeployment
 from engine.chain.reverts import decode_revert
 from engine.domain.ids import PaymentTerms
-from tests.chain.test_escrow_batch import (
-    deploy_funded_token,
-    events,
-    fee,
-    payouts,
-    settle,
-    settle_reverted,
-)
+from tests.chain.invariants import emitted, reverts_with
+from tests.chain.test_escrow_batch import deploy_funded_token, fee, payouts, settle
 
-# The embedded EVM estimates gas by binary search (a dozen executions per transaction) and
-# runs every eth_call as a new block: 25 examples there would take ~80 s of CPU on their own.
-EXAMPLES_MAX: Final = {"embedded": 12, "anvil": 25}
+# Each example costs ~4 s of CPU (the embedded EVM estimates gas by binary search, a dozen
+# executions per transaction; anvil pays for JSON-RPC round trips), so the default run stays
+# short and `--soak` runs many more.
+EXAMPLES_MAX: Final = {"embedded": 10, "anvil": 20}
+SOAK_EXAMPLES_MAX: Final = 200
 STEPS_MAX: Final = 20
 PAYMENTS_MAX: Final = 4  # bounds the chain reads every invariant check makes
 BATCH_OPS_MAX: Final = 4
@@ -366,13 +362,13 @@ class EscrowModel(RuleBasedStateMachine):
             replayed = min(replay_at, len(ops))
             ops.insert(replayed, BatchOp.void(target.terms, STALE_SEQ, 1))
         if atomic and replayed is not None:
-            reverted = settle_reverted(self.world, encode_batch(ops), atomic=True)
-            assert (reverted.error, reverted.args_by_name["given"]) == ("StaleSequence", STALE_SEQ)
+            with reverts_with(self.world, "StaleSequence", given=STALE_SEQ):
+                settle(self.world, ops, atomic=True)
             return  # nothing applied: the books stay as they were
         receipt = settle(self.world, ops, atomic=atomic)
         failed = [
             (f["index"], decode_revert(f["reason"]).error)
-            for f in events(self.world.escrow, "OperationFailed", receipt)
+            for f in emitted(self.world, receipt, "OperationFailed")
         ]
         assert failed == ([] if replayed is None else [(replayed, "StaleSequence")])
         recipients = [to for to, _ in payouts(self.world, receipt, self.token)]
@@ -428,8 +424,11 @@ class EscrowModel(RuleBasedStateMachine):
         assert {a: token.balanceOf(a).call() for a in self.books.balances} == self.books.balances
 
 
+@pytest.mark.parametrize(
+    "soak", [pytest.param(False, id="quick"), pytest.param(True, id="soak", marks=pytest.mark.slow)]
+)
 def test_escrow_stays_solvent_and_matches_the_model_under_random_operations(
-    world: LocalDeployment,
+    world: LocalDeployment, soak: bool
 ) -> None:
     token = deploy_funded_token(world, "BlocklistToken")
     arena = Arena(world, token, world.backend.snapshot())
@@ -441,7 +440,7 @@ def test_escrow_stays_solvent_and_matches_the_model_under_random_operations(
     run_state_machine_as_test(
         Machine,
         settings=settings(
-            max_examples=EXAMPLES_MAX[world.backend.name],
+            max_examples=SOAK_EXAMPLES_MAX if soak else EXAMPLES_MAX[world.backend.name],
             stateful_step_count=STEPS_MAX,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],
