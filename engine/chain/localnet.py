@@ -24,6 +24,7 @@ ACCOUNTS_NEEDED: Final = 8
 AUTHORIZATION_WINDOW_S: Final = 7 * 24 * 3600
 REFUND_WINDOW_S: Final = 90 * 24 * 3600
 DEFAULT_MAX_FEE_BPS: Final = 100
+EMBEDDED_GAS_LIMIT: Final = 10_000_000
 
 
 @dataclass
@@ -105,7 +106,12 @@ def deploy_local(backend: ChainBackend) -> LocalDeployment:
     accounts = backend.accounts()
     if len(accounts) < ACCOUNTS_NEEDED:
         raise ValueError(f"a local deployment needs {ACCOUNTS_NEEDED} funded accounts")
-    signers = [Signer(backend.w3, account) for account in accounts[:ACCOUNTS_NEEDED]]
+    # The embedded EVM estimates gas by executing a transaction many times; a fixed limit
+    # (simulated once for reverts) keeps its tests fast. Gas used is the same either way.
+    gas_limit = EMBEDDED_GAS_LIMIT if backend.name == "embedded" else None
+    signers = [
+        Signer(backend.w3, account, gas_limit=gas_limit) for account in accounts[:ACCOUNTS_NEEDED]
+    ]
     admin, operator, arbiter, pauser, payer, merchant, fee_receiver, other = signers
     escrow = admin.deploy(ESCROW_NAME, admin.address)
     token = admin.deploy(STABLECOIN_NAME)

@@ -6,6 +6,8 @@ see `AmountExceedsCapturable(amount=5, capturable=3)`, never a hex blob.
 
 from __future__ import annotations
 
+import ast
+import re
 from collections.abc import Iterable, Mapping
 from functools import cache
 from typing import Any, ClassVar
@@ -98,8 +100,18 @@ def revert_data(error: BaseException) -> bytes | None:
             return bytes.fromhex(data[2:])
         if seen.args and isinstance(seen.args[0], bytes):
             return seen.args[0]
+        if seen.args and isinstance(seen.args[0], str):
+            quoted = _TESTER_REVERT.fullmatch(seen.args[0])
+            if quoted:
+                value = ast.literal_eval(quoted.group(1))
+                if isinstance(value, bytes):
+                    return value
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+# eth-tester's eth_call reports revert data as the repr of the bytes in its message.
+_TESTER_REVERT = re.compile(r"(?:execution reverted: )?(b(?:'.*'|\".*\"))", re.DOTALL)
 
 
 _CAUSE_DEPTH_MAX = 8
