@@ -10,6 +10,7 @@ import json
 import sys
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
@@ -30,6 +31,8 @@ db_app = typer.Typer(no_args_is_help=True, help="Create and migrate the engine's
 app.add_typer(db_app, name="db")
 audit_app = typer.Typer(no_args_is_help=True, help="Check the event store's integrity.")
 app.add_typer(audit_app, name="audit")
+chain_app = typer.Typer(no_args_is_help=True, help="Run a local anvil chain in the background.")
+app.add_typer(chain_app, name="chain")
 DEFAULT_DB_URL = "sqlite:///var/settle.db"
 DbUrl = Annotated[str, typer.Option("--db", envvar="SETTLE_DB", help="SQLite or PostgreSQL URL.")]
 console = Console()
@@ -108,13 +111,54 @@ def audit_verify(db: DbUrl = DEFAULT_DB_URL, as_json: JsonFlag = False) -> None:
 
 
 def _ensure_sqlite_folder(url: str) -> None:
-    from pathlib import Path
-
     from engine.store.db import normalise_url
 
     parsed = normalise_url(url)
     if parsed.drivername.startswith("sqlite") and parsed.database:
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+
+
+@app.command("deploy")
+@user_errors
+def deploy(
+    network: Annotated[str, typer.Option("--network", help="anvil, sepolia, base-sepolia, ...")],
+    rpc_url: Annotated[str | None, typer.Option("--rpc-url", help="JSON-RPC endpoint.")] = None,
+    keystore: Annotated[
+        Path | None, typer.Option("--keystore", help="Encrypted key file of the deployer.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show the plan, send nothing.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Deploy the escrow at its deterministic CREATE2 address and record it in deployments/."""
+    from engine.chain.deploy import cmd_deploy
+
+    raise typer.Exit(cmd_deploy(network, rpc_url, keystore, dry_run, as_json))
+
+
+@chain_app.command("up")
+@user_errors
+def chain_up(
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8545,
+    chain_id: Annotated[int, typer.Option("--chain-id", min=1)] = 31337,
+    block_time: Annotated[
+        int | None, typer.Option("--block-time", min=1, help="Seconds; default: per transaction.")
+    ] = None,
+) -> None:
+    """Start anvil in the background (state in var/anvil.json)."""
+    from engine.chain.chain_process import cmd_chain_up
+
+    raise typer.Exit(cmd_chain_up(port, chain_id, block_time))
+
+
+@chain_app.command("down")
+@user_errors
+def chain_down() -> None:
+    """Stop the anvil that `settle chain up` started."""
+    from engine.chain.chain_process import cmd_chain_down
+
+    raise typer.Exit(cmd_chain_down())
 
 
 @app.command("gas-report")

@@ -201,7 +201,7 @@ class AnvilProcess:
         assert self._process is not None
         deadline = time.monotonic() + self.config.startup_timeout_s
         while self._process.poll() is None:
-            chain_id = _probe_chain_id(f"http://127.0.0.1:{port}")
+            chain_id = probe_chain_id(f"http://127.0.0.1:{port}")
             if chain_id is not None:
                 if chain_id != self.config.chain_id:
                     tail = self._stop_and_read_stderr_tail()
@@ -243,7 +243,7 @@ def _free_loopback_port() -> int:
         return port
 
 
-def _probe_chain_id(url: str) -> int | None:
+def probe_chain_id(url: str) -> int | None:
     """The node's chain id, or None while nothing answers on the port yet."""
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []})
     request = urllib.request.Request(
