@@ -20,6 +20,8 @@ from sqlalchemy import (
     Column,
     Dialect,
     ForeignKey,
+    ForeignKeyConstraint,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -131,3 +133,372 @@ chain_binding = Table(
     Column("created_at", BigInteger, nullable=False),  # unix seconds
     CheckConstraint("id = 1", name="single_row"),
 )
+
+
+# transaction manager
+# Signer lanes, the transactions sent through them, every signed broadcast attempt, and an
+# append-only status history (engine/chain/txmanager.py). A lane's next_nonce and the
+# transaction row that takes it are written in one SQL transaction, so a nonce is handed out
+# once and survives restarts.
+
+TX_STATUSES = ("queued", "sent", "mined", "confirmed", "failed", "replaced")
+IDEMPOTENCY_KEY_LENGTH_MAX = 200
+TX_STATUS_LENGTH_MAX = 20
+TX_EVENT_LENGTH_MAX = 40
+ERROR_CODE_LENGTH_MAX = 100
+
+
+def _row_id() -> Column[int]:
+    # SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
+    return Column(
+        "id",
+        BigInteger().with_variant(Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    )
+
+
+tx_lanes = Table(
+    "tx_lanes",
+    metadata,
+    Column("chain_id", BigInteger, primary_key=True),
+    Column("address", String(ADDRESS_LENGTH), primary_key=True),
+    Column("next_nonce", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),  # unix seconds
+    CheckConstraint("next_nonce >= 0", name="next_nonce_not_negative"),
+)
+
+# One row per operation sent on chain; idempotency_key is the caller's operation id.
+# Fees and tx_hash are those of the newest attempt, or of the attempt that was mined.
+txs = Table(
+    "txs",
+    metadata,
+    _row_id(),
+    Column("idempotency_key", String(IDEMPOTENCY_KEY_LENGTH_MAX), nullable=False, unique=True),
+    Column("chain_id", BigInteger, nullable=False),
+    Column("sender", String(ADDRESS_LENGTH), nullable=False),
+    Column("nonce", BigInteger, nullable=False),
+    Column("to_address", String(ADDRESS_LENGTH), nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("value", Amount, nullable=False),
+    Column("gas_limit", BigInteger, nullable=False),
+    Column("max_fee_per_gas", BigInteger, nullable=True),
+    Column("max_priority_fee_per_gas", BigInteger, nullable=True),
+    Column("status", String(TX_STATUS_LENGTH_MAX), nullable=False),
+    Column("tx_hash", LargeBinary(HASH_BYTES), nullable=True),
+    Column("attempts", Integer, nullable=False),
+    Column("block_number", BigInteger, nullable=True),
+    Column("block_hash", LargeBinary(HASH_BYTES), nullable=True),
+    Column("receipt_status", Integer, nullable=True),
+    Column("gas_used", BigInteger, nullable=True),
+    Column("error_code", String(ERROR_CODE_LENGTH_MAX), nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("created_at", BigInteger, nullable=False),  # unix seconds, as all *_at below
+    Column("updated_at", BigInteger, nullable=False),
+    Column("sent_at", BigInteger, nullable=True),
+    ForeignKeyConstraint(["chain_id", "sender"], ["tx_lanes.chain_id", "tx_lanes.address"]),
+    UniqueConstraint("chain_id", "sender", "nonce"),
+    CheckConstraint(
+        "status IN (" + ", ".join(f"'{status}'" for status in TX_STATUSES) + ")",
+        name="status_known",
+    ),
+    CheckConstraint("nonce >= 0", name="nonce_not_negative"),
+    CheckConstraint("attempts >= 0", name="attempts_not_negative"),
+    Index("ix_txs_lane_status", "chain_id", "sender", "status"),
+    sqlite_autoincrement=True,
+)
+
+# Every signed transaction, written before it is broadcast: after a crash the hash is known
+# and the outcome is found by looking it up, and a re-broadcast sends these exact bytes.
+tx_attempts = Table(
+    "tx_attempts",
+    metadata,
+    _row_id(),
+    Column("tx_id", BigInteger, ForeignKey("txs.id"), nullable=False, index=True),
+    Column("tx_hash", LargeBinary(HASH_BYTES), nullable=False, unique=True),
+    Column("raw", LargeBinary, nullable=False),
+    Column("max_fee_per_gas", BigInteger, nullable=False),
+    Column("max_priority_fee_per_gas", BigInteger, nullable=False),
+    Column("signed_at", BigInteger, nullable=False),
+    Column("broadcast_at", BigInteger, nullable=True),  # None: outcome of the send unknown
+    sqlite_autoincrement=True,
+)
+
+tx_history = Table(
+    "tx_history",
+    metadata,
+    _row_id(),
+    Column("tx_id", BigInteger, ForeignKey("txs.id"), nullable=False, index=True),
+    Column("status", String(TX_STATUS_LENGTH_MAX), nullable=False),
+    Column("event", String(TX_EVENT_LENGTH_MAX), nullable=False),
+    Column("tx_hash", LargeBinary(HASH_BYTES), nullable=True),
+    Column("detail", Text, nullable=False),
+    Column("at", BigInteger, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+
+# indexer
+# The escrow log indexer (engine/chain/indexer.py): a checkpoint per (chain, escrow), the hashes
+# of the blocks it scanned (a bounded recent window, enough to find a reorg's fork point), every
+# escrow log it read with the stage it reached, the notices it hands to its consumer in order,
+# and each consumer's record of the notices it applied, written in the consumer's own
+# transaction so that redelivered notices are applied once.
+
+LOG_STAGES = ("pending", "confirmed", "removed")
+LOG_STAGE_LENGTH_MAX = 10
+LOG_EVENT_LENGTH_MAX = 40
+CONSUMER_NAME_LENGTH_MAX = 100
+
+# version grows with every write of the indexer's chain view: a second indexer running on the
+# same checkpoint finds it moved and stops instead of interleaving its view with the first's.
+indexer_checkpoints = Table(
+    "indexer_checkpoints",
+    metadata,
+    _row_id(),
+    Column("chain_id", BigInteger, nullable=False),
+    Column("escrow_address", String(ADDRESS_LENGTH), nullable=False),
+    Column("start_block", BigInteger, nullable=False),
+    Column("scanned_through", BigInteger, nullable=False),  # start_block - 1 before the first scan
+    Column("acknowledged_through", BigInteger, nullable=False),  # an indexer_notices.id, or 0
+    Column("version", BigInteger, nullable=False),
+    UniqueConstraint("chain_id", "escrow_address"),
+    CheckConstraint("start_block >= 0", name="start_block_not_negative"),
+    CheckConstraint("scanned_through >= start_block - 1", name="scanned_from_start"),
+    CheckConstraint("acknowledged_through >= 0", name="acknowledged_not_negative"),
+    sqlite_autoincrement=True,
+)
+
+indexer_blocks = Table(
+    "indexer_blocks",
+    metadata,
+    Column("checkpoint_id", BigInteger, ForeignKey("indexer_checkpoints.id"), primary_key=True),
+    Column("number", BigInteger, primary_key=True),
+    Column("hash", LargeBinary(HASH_BYTES), nullable=False),
+    Column("parent_hash", LargeBinary(HASH_BYTES), nullable=False),
+)
+
+# A log is one row for life: a reorg marks it removed, and if its block comes back (a chain
+# that flips back) the same row is revived. topics holds the 32-byte topics concatenated.
+indexer_logs = Table(
+    "indexer_logs",
+    metadata,
+    _row_id(),
+    Column("checkpoint_id", BigInteger, ForeignKey("indexer_checkpoints.id"), nullable=False),
+    Column("block_number", BigInteger, nullable=False),
+    Column("block_hash", LargeBinary(HASH_BYTES), nullable=False),
+    Column("block_timestamp", BigInteger, nullable=False),  # unix seconds, the chain's clock
+    Column("tx_hash", LargeBinary(HASH_BYTES), nullable=False),
+    Column("log_index", Integer, nullable=False),
+    Column("event", String(LOG_EVENT_LENGTH_MAX), nullable=False),
+    Column("topics", LargeBinary, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("stage", String(LOG_STAGE_LENGTH_MAX), nullable=False),
+    UniqueConstraint("checkpoint_id", "block_hash", "log_index"),
+    CheckConstraint(
+        "stage IN (" + ", ".join(f"'{stage}'" for stage in LOG_STAGES) + ")",
+        name="stage_known",
+    ),
+    Index("ix_indexer_logs_checkpoint_block", "checkpoint_id", "block_number"),
+    sqlite_autoincrement=True,
+)
+
+# Append-only; the id orders delivery, and the checkpoint's acknowledged_through is the last id
+# its consumer confirmed having applied.
+indexer_notices = Table(
+    "indexer_notices",
+    metadata,
+    _row_id(),
+    Column("checkpoint_id", BigInteger, ForeignKey("indexer_checkpoints.id"), nullable=False),
+    Column("log_id", BigInteger, ForeignKey("indexer_logs.id"), nullable=False),
+    Column("stage", String(LOG_STAGE_LENGTH_MAX), nullable=False),
+    CheckConstraint(
+        "stage IN (" + ", ".join(f"'{stage}'" for stage in LOG_STAGES) + ")",
+        name="stage_known",
+    ),
+    Index("ix_indexer_notices_checkpoint_id", "checkpoint_id", "id"),
+    sqlite_autoincrement=True,
+)
+
+indexer_deliveries = Table(
+    "indexer_deliveries",
+    metadata,
+    Column("consumer", String(CONSUMER_NAME_LENGTH_MAX), primary_key=True),
+    Column("stage", String(LOG_STAGE_LENGTH_MAX), primary_key=True),
+    Column("block_hash", LargeBinary(HASH_BYTES), primary_key=True),
+    Column("tx_hash", LargeBinary(HASH_BYTES), primary_key=True),
+    Column("log_index", Integer, primary_key=True),
+)
+
+
+# outbox
+# The transactional outbox (engine/store/outbox.py): operations that an accepted command owes
+# the outside world (a chain call, a PSP call), written in the command's SQL transaction and
+# delivered at least once by relay workers. `id` orders operations: per payment_key they run
+# strictly one after the other in id order. outbox_history records what is not on the row any
+# more: each failure with its error, dead-lettering, lease expiries and operator retries.
+
+OUTBOX_STATUSES = ("pending", "in_flight", "completed", "dead")
+OUTBOX_HISTORY_EVENTS = ("failed", "dead_lettered", "lease_expired", "retried")
+OUTBOX_KEY_LENGTH_MAX = 200  # op_id and payment_key
+OUTBOX_STATUS_LENGTH_MAX = 20
+OUTBOX_EVENT_LENGTH_MAX = 20
+WORKER_ID_LENGTH_MAX = 100
+
+outbox = Table(
+    "outbox",
+    metadata,
+    _row_id(),
+    Column("op_id", String(OUTBOX_KEY_LENGTH_MAX), nullable=False, unique=True),
+    Column("payment_key", String(OUTBOX_KEY_LENGTH_MAX), nullable=False),
+    Column("kind", String(KIND_LENGTH_MAX), nullable=False),
+    Column("payload", Text, nullable=False),  # canonical JSON, as events.payload
+    Column("status", String(OUTBOX_STATUS_LENGTH_MAX), nullable=False),
+    Column("attempts", Integer, nullable=False),  # deliveries so far, crashed ones included
+    # unix seconds, as all times below. due_at is when the operation first became due (lag is
+    # measured from it); available_at moves later with each retry's backoff.
+    Column("due_at", BigInteger, nullable=False),
+    Column("available_at", BigInteger, nullable=False),
+    Column("claimed_by", String(WORKER_ID_LENGTH_MAX), nullable=True),
+    Column("lease_until", BigInteger, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("result", Text, nullable=True),  # canonical JSON, set on completion
+    CheckConstraint(
+        "status IN (" + ", ".join(f"'{status}'" for status in OUTBOX_STATUSES) + ")",
+        name="status_known",
+    ),
+    CheckConstraint("attempts >= 0", name="attempts_not_negative"),
+    CheckConstraint(
+        "status <> 'in_flight' OR (claimed_by IS NOT NULL AND lease_until IS NOT NULL)",
+        name="in_flight_has_lease",
+    ),
+    Index("ix_outbox_status_available_at", "status", "available_at"),
+    Index("ix_outbox_payment_key_id", "payment_key", "id"),
+    sqlite_autoincrement=True,
+)
+
+outbox_history = Table(
+    "outbox_history",
+    metadata,
+    _row_id(),
+    Column("outbox_id", BigInteger, ForeignKey("outbox.id"), nullable=False, index=True),
+    Column("event", String(OUTBOX_EVENT_LENGTH_MAX), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("worker_id", String(WORKER_ID_LENGTH_MAX), nullable=True),
+    Column("error", Text, nullable=True),
+    Column("at", BigInteger, nullable=False),
+    CheckConstraint(
+        "event IN (" + ", ".join(f"'{event}'" for event in OUTBOX_HISTORY_EVENTS) + ")",
+        name="event_known",
+    ),
+    sqlite_autoincrement=True,
+)
+
+
+# ledger
+# The double-entry ledger (engine/store/ledger.py): accounts per (asset, kind, owner) with running
+# totals, journal entries with their state, and the signed postings they are made of (a credit
+# is positive, a debit negative). The postings are the record. The running totals exist so that
+# an overdraft check reads one locked row instead of summing an account's history; the ledger's
+# verify recomputes them from the postings. Tables come from a function so that replay can build
+# the same ledger into scratch tables beside the live ones.
+
+LEDGER_ACCOUNT_KINDS = (
+    "payer",
+    "escrow_held",
+    "merchant_settled",
+    "fees",
+    "leg",
+    "disputes",
+    "refunds",
+    "escrow_credits",
+    "deferred_payouts",
+)
+LEDGER_ENTRY_STATES = ("pending", "posted", "voided")
+LEDGER_ACCOUNT_KIND_LENGTH_MAX = 20
+LEDGER_ACCOUNT_FLAGS_LIMIT = 4  # two flag bits, see engine/store/ledger_accounts.py
+LEDGER_KEY_LENGTH_MAX = 200
+LEDGER_ENTRY_KIND_LENGTH_MAX = 40
+LEDGER_ENTRY_STATE_LENGTH_MAX = 10
+PAYMENT_ID_LENGTH_MAX = 40
+
+
+def define_ledger_tables(target: MetaData, prefix: str = "") -> tuple[Table, Table, Table]:
+    """The ledger's accounts, entries and postings tables in `target`, named with `prefix`."""
+    accounts = Table(
+        f"{prefix}ledger_accounts",
+        target,
+        _row_id(),
+        Column("chain_id", BigInteger, nullable=False),
+        Column("token", String(ADDRESS_LENGTH), nullable=False),
+        Column("kind", String(LEDGER_ACCOUNT_KIND_LENGTH_MAX), nullable=False),
+        Column("owner", String(ADDRESS_LENGTH), nullable=False),  # "" for a pooled account
+        Column("flags", Integer, nullable=False),
+        Column("debits_pending", Amount, nullable=False),
+        Column("credits_pending", Amount, nullable=False),
+        Column("debits_posted", Amount, nullable=False),
+        Column("credits_posted", Amount, nullable=False),
+        UniqueConstraint("chain_id", "token", "kind", "owner"),
+        CheckConstraint(
+            "kind IN (" + ", ".join(f"'{kind}'" for kind in LEDGER_ACCOUNT_KINDS) + ")",
+            name="kind_known",
+        ),
+        CheckConstraint(f"flags >= 0 AND flags < {LEDGER_ACCOUNT_FLAGS_LIMIT}", name="flags_known"),
+        sqlite_autoincrement=True,
+    )
+    entries = Table(
+        f"{prefix}ledger_entries",
+        target,
+        _row_id(),
+        Column("idempotency_key", String(LEDGER_KEY_LENGTH_MAX), nullable=False, unique=True),
+        Column("kind", String(LEDGER_ENTRY_KIND_LENGTH_MAX), nullable=False),
+        Column("payment_id", String(PAYMENT_ID_LENGTH_MAX), nullable=True, index=True),
+        Column("state", String(LEDGER_ENTRY_STATE_LENGTH_MAX), nullable=False),
+        # An entry is reversed at most once, by a later entry that points back at it.
+        Column(
+            "reverses_entry_id",
+            BigInteger,
+            ForeignKey(f"{prefix}ledger_entries.id"),
+            nullable=True,
+            unique=True,
+        ),
+        Column("created_at", BigInteger, nullable=False),  # unix seconds, as posted_at, voided_at
+        Column("posted_at", BigInteger, nullable=True),
+        Column("voided_at", BigInteger, nullable=True),
+        CheckConstraint(
+            "state IN (" + ", ".join(f"'{state}'" for state in LEDGER_ENTRY_STATES) + ")",
+            name="state_known",
+        ),
+        CheckConstraint(
+            "(state = 'pending' AND posted_at IS NULL AND voided_at IS NULL)"
+            " OR (state = 'posted' AND posted_at IS NOT NULL AND voided_at IS NULL)"
+            " OR (state = 'voided' AND posted_at IS NULL AND voided_at IS NOT NULL)",
+            name="state_times",
+        ),
+        sqlite_autoincrement=True,
+    )
+    postings = Table(
+        f"{prefix}ledger_postings",
+        target,
+        _row_id(),
+        Column(
+            "entry_id",
+            BigInteger,
+            ForeignKey(f"{prefix}ledger_entries.id"),
+            nullable=False,
+            index=True,
+        ),
+        Column(
+            "account_id",
+            BigInteger,
+            ForeignKey(f"{prefix}ledger_accounts.id"),
+            nullable=False,
+            index=True,
+        ),
+        Column("amount", Amount, nullable=False),  # credit > 0 > debit, never 0
+        sqlite_autoincrement=True,
+    )
+    return accounts, entries, postings
+
+
+ledger_accounts, ledger_entries, ledger_postings = define_ledger_tables(metadata)
