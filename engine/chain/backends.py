@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Literal, Self
 
@@ -31,6 +32,7 @@ from engine.chain.backend_errors import (
     TimestampNotIncreasing,
     UnsupportedOnBackend,
 )
+from engine.chain.embedded_state import DurableAtomicDB, WriteThroughKV
 from engine.chain.networks import Network
 
 BackendName = Literal["embedded", "anvil", "rpc"]
@@ -145,15 +147,29 @@ class EmbeddedBackend(LocalChainBackend):
 
     name: ClassVar[BackendName] = "embedded"
 
-    def __init__(self) -> None:
+    def __init__(self, state_path: Path | None = None) -> None:
+        """In memory by default; with `state_path`, the chain is kept in that SQLite file and
+        a new backend on the same file continues where the last one stopped."""
         # eth-tester defaults to its newest fork (Prague); the contracts target cancun.
         self._evm = PyEVMBackend(vm_configuration=((0, CancunVM),))
+        self._kv: WriteThroughKV | None = None
+        if state_path is not None:
+            self._kv = WriteThroughKV(state_path)
+            if len(self._kv) == 0:  # a new file: start from eth-tester's genesis
+                genesis = self._evm.chain.chaindb.db
+                for key in genesis.wrapped_db:
+                    self._kv[key] = genesis[key]
+                self._kv.flush()
+            self._evm.chain = type(self._evm.chain)(DurableAtomicDB(self._kv))
         self._tester = EthereumTester(self._evm, auto_mine_transactions=True)
         accounts = [Account.from_key(key.to_bytes()) for key in self._evm.account_keys]
         super().__init__(Web3(EthereumTesterProvider(self._tester)), accounts)
 
     def close(self) -> None:
-        """Nothing to release: the chain lives in this process's memory."""
+        """Flushes and closes the state file, if any; an in-memory chain just goes away."""
+        if self._kv is not None:
+            self._kv.close()
+            self._kv = None
 
     def _set_next_block_timestamp(self, timestamp: int) -> None:
         # The pending header is the next block; eth-tester's own time_travel would mine an
