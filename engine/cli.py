@@ -33,6 +33,8 @@ audit_app = typer.Typer(no_args_is_help=True, help="Check the event store's inte
 app.add_typer(audit_app, name="audit")
 chain_app = typer.Typer(no_args_is_help=True, help="Run a local anvil chain in the background.")
 app.add_typer(chain_app, name="chain")
+outbox_app = typer.Typer(no_args_is_help=True, help="Inspect and replay the outbox.")
+app.add_typer(outbox_app, name="outbox")
 DEFAULT_DB_URL = "sqlite:///var/settle.db"
 DbUrl = Annotated[str, typer.Option("--db", envvar="SETTLE_DB", help="SQLite or PostgreSQL URL.")]
 console = Console()
@@ -116,6 +118,33 @@ def _ensure_sqlite_folder(url: str) -> None:
     parsed = normalise_url(url)
     if parsed.drivername.startswith("sqlite") and parsed.database:
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+
+
+@outbox_app.command("list")
+@user_errors
+def outbox_list(
+    db: DbUrl = DEFAULT_DB_URL,
+    status: Annotated[
+        str | None, typer.Option("--status", help="pending, in_flight, completed or dead.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Outbox operations, oldest first, with the relay's lag."""
+    from engine.store.outbox import cmd_outbox_list
+
+    raise typer.Exit(cmd_outbox_list(db, status, as_json))
+
+
+@outbox_app.command("retry")
+@user_errors
+def outbox_retry(
+    op_id: Annotated[str, typer.Argument(help="The dead letter's operation id.")],
+    db: DbUrl = DEFAULT_DB_URL,
+) -> None:
+    """Put a dead-lettered operation back in the queue."""
+    from engine.store.outbox import cmd_outbox_retry
+
+    raise typer.Exit(cmd_outbox_retry(db, op_id))
 
 
 @app.command("deploy")

@@ -264,14 +264,14 @@ def _checked(event: NewEvent) -> tuple[str, Payload, str, int]:
         raise InvalidEvent("occurred_at is out of range")
     if not isinstance(event.payload, Mapping):
         raise InvalidEvent("payload must be a JSON object")
-    payload = cast(Payload, _plain_json(event.payload, "payload", 0))
+    payload = cast(Payload, plain_json(event.payload, "payload", 0))
     payload_text = canonical_json(payload)
     if len(payload_text.encode("utf-8")) > PAYLOAD_BYTES_MAX:
         raise InvalidEvent(f"payload exceeds {PAYLOAD_BYTES_MAX} bytes")
     return event.kind, payload, payload_text, occurred_at
 
 
-def _plain_json(value: object, path: str, depth: int) -> Json:
+def plain_json(value: object, path: str, depth: int) -> Json:
     """A fresh copy of `value` made of dict, list, str, int and bool, or InvalidEvent.
 
     The copy is what gets stored and returned, so later changes to the caller's objects
@@ -292,15 +292,13 @@ def _plain_json(value: object, path: str, depth: int) -> Json:
     if isinstance(value, float):
         raise InvalidEvent(f"{path}: floats are not allowed; use integer minor units")
     if isinstance(value, list):
-        return [
-            _plain_json(item, f"{path}[{index}]", depth + 1) for index, item in enumerate(value)
-        ]
+        return [plain_json(item, f"{path}[{index}]", depth + 1) for index, item in enumerate(value)]
     if isinstance(value, Mapping):
         plain: dict[str, Json] = {}
         for key, item in value.items():
             if not isinstance(key, str) or not _is_utf8(key):
                 raise InvalidEvent(f"{path}: object keys must be strings")
-            plain[key] = _plain_json(item, f"{path}[{key!r}]", depth + 1)
+            plain[key] = plain_json(item, f"{path}[{key!r}]", depth + 1)
         return plain
     raise InvalidEvent(
         f"{path}: {type(value).__name__} is not allowed; use dict, list, str, int or bool"

@@ -1,0 +1,178 @@
+"""Raw JSON-RPC for the transaction manager: single calls and batches, typed transport failures.
+
+The manager needs three things web3.py's convenience layer does not give it: many calls in one
+HTTP request, including eth_sendRawTransaction (which `w3.batch_requests()` refuses); a null
+result or an error answer per call rather than one exception for the whole batch; and a clear
+line between "the node said no" (RpcRequestFailed, nothing happened) and "no answer"
+(RpcUnavailable, which after a send means the outcome is unknown and must be looked up).
+Retries are off: a blind retry of a send is exactly what the manager must never do.
+
+Results are the node's JSON values; `quantity` and `data` read both the hex strings of a real
+node and the ints and hex strings the embedded EVM's provider returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Final, Protocol
+
+import requests
+from hexbytes import HexBytes
+from web3 import HTTPProvider, Web3
+from web3.types import RPCEndpoint
+
+from engine.chain.reverts import revert_data
+from engine.chain.tx_errors import RpcRequestFailed, RpcUnavailable
+
+RPC_BATCH_SIZE_MAX: Final = 256  # calls per HTTP request; nodes cap batches (geth: 1000)
+RPC_TIMEOUT_S_DEFAULT: Final = 10.0
+
+RpcCall = tuple[str, list[Any]]
+
+
+class Rpc(Protocol):
+    url: str
+
+    def call(self, method: str, params: list[Any]) -> Any:
+        """The result; raises RpcRequestFailed for an error answer, RpcUnavailable for none."""
+
+    def batch(self, calls: Sequence[RpcCall]) -> list[Any | RpcRequestFailed]:
+        """Each call's result or error answer, in order; raises RpcUnavailable for no answer."""
+
+
+class HttpRpc:
+    """A node over HTTP, with batches of up to RPC_BATCH_SIZE_MAX calls per request."""
+
+    def __init__(self, url: str, timeout_s: float = RPC_TIMEOUT_S_DEFAULT) -> None:
+        assert timeout_s > 0, timeout_s
+        self.url = url
+        self._provider = HTTPProvider(
+            url, request_kwargs={"timeout": timeout_s}, exception_retry_configuration=None
+        )
+
+    def call(self, method: str, params: list[Any]) -> Any:
+        try:
+            response = self._provider.make_request(RPCEndpoint(method), params)
+        except (requests.RequestException, OSError) as error:
+            raise _unavailable(self.url, method, error) from error
+        return _result_or_raise(method, response)
+
+    def batch(self, calls: Sequence[RpcCall]) -> list[Any | RpcRequestFailed]:
+        results: list[Any | RpcRequestFailed] = []
+        for start in range(0, len(calls), RPC_BATCH_SIZE_MAX):
+            chunk = calls[start : start + RPC_BATCH_SIZE_MAX]
+            methods = sorted({method for method, _ in chunk})
+            try:
+                responses = self._provider.make_batch_request(
+                    [(RPCEndpoint(method), params) for method, params in chunk]
+                )
+            except (requests.RequestException, OSError) as error:
+                raise _unavailable(self.url, ",".join(methods), error) from error
+            if not isinstance(responses, list) or len(responses) != len(chunk):
+                # One error object for the whole batch: the node refused batching itself.
+                raise RpcRequestFailed(",".join(methods), -1, f"bad batch answer: {responses!r}")
+            results.extend(
+                _result_or_error(method, response)
+                for (method, _), response in zip(chunk, responses, strict=True)
+            )
+        return results
+
+
+class Web3Rpc:
+    """Any web3 provider, one call at a time; for the embedded EVM, which has no HTTP.
+
+    Errors the in-process EVM raises as exceptions become RpcRequestFailed like a node's
+    error answers, with the revert data kept.
+    """
+
+    def __init__(self, w3: Web3) -> None:
+        self._w3 = w3
+        self.url = type(w3.provider).__name__
+
+    def call(self, method: str, params: list[Any]) -> Any:
+        try:
+            return self._w3.manager.request_blocking(RPCEndpoint(method), params)
+        except (requests.RequestException, OSError) as error:
+            raise _unavailable(self.url, method, error) from error
+        except Exception as error:  # the embedded EVM reports rejections as exceptions
+            message = str(error) or type(error).__name__
+            raise RpcRequestFailed(method, -1, message, revert_data(error)) from error
+
+    def batch(self, calls: Sequence[RpcCall]) -> list[Any | RpcRequestFailed]:
+        results: list[Any | RpcRequestFailed] = []
+        for method, params in calls:
+            try:
+                results.append(self.call(method, params))
+            except RpcRequestFailed as error:
+                results.append(error)
+        return results
+
+
+def rpc_for(w3: Web3, timeout_s: float = RPC_TIMEOUT_S_DEFAULT) -> Rpc:
+    """Batches over HTTP when the provider is HTTP, one call at a time otherwise."""
+    provider = w3.provider
+    if isinstance(provider, HTTPProvider) and provider.endpoint_uri:
+        return HttpRpc(str(provider.endpoint_uri), timeout_s)
+    return Web3Rpc(w3)
+
+
+def _result_or_error(method: str, response: Any) -> Any | RpcRequestFailed:
+    error = response.get("error")
+    if error is None:
+        return response.get("result")
+    raw = error.get("data")
+    revert = bytes.fromhex(raw[2:]) if isinstance(raw, str) and raw.startswith("0x") else None
+    return RpcRequestFailed(
+        method, int(error.get("code", -1)), str(error.get("message", "")), revert
+    )
+
+
+def _result_or_raise(method: str, response: Any) -> Any:
+    result = _result_or_error(method, response)
+    if isinstance(result, RpcRequestFailed):
+        raise result
+    return result
+
+
+def _unavailable(url: str, method: str, error: BaseException) -> RpcUnavailable:
+    # Only a failure to connect proves the request never reached the node.
+    never_sent = isinstance(error, requests.ConnectTimeout) or (
+        isinstance(error, requests.ConnectionError)
+        and "NewConnectionError" in repr(error.args[0] if error.args else error)
+    )
+    reason = type(error).__name__
+    return RpcUnavailable(url, method, reason, maybe_delivered=not never_sent)
+
+
+def ok(result: Any) -> Any:
+    """A batch result, raising it if it is an error answer."""
+    if isinstance(result, RpcRequestFailed):
+        raise result
+    return result
+
+
+def call_object(sender: str, to: str, calldata: bytes, value: int) -> dict[str, str]:
+    """The transaction object of eth_call and eth_estimateGas."""
+    return {"from": sender, "to": to, "data": hex_data(calldata), "value": hex(value)}
+
+
+def quantity(value: Any) -> int:
+    """A JSON-RPC quantity ("0x1a") or the int the embedded provider gives."""
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.startswith("0x"):
+        return int(value, 16)
+    raise ValueError(f"not a quantity: {value!r}")
+
+
+def data(value: Any) -> bytes:
+    """JSON-RPC data ("0x…") or bytes, as bytes."""
+    if isinstance(value, bytes | bytearray | HexBytes):
+        return bytes(value)
+    if isinstance(value, str) and value.startswith("0x"):
+        return bytes.fromhex(value[2:])
+    raise ValueError(f"not hex data: {value!r}")
+
+
+def hex_data(value: bytes) -> str:
+    return "0x" + value.hex()
