@@ -35,6 +35,8 @@ chain_app = typer.Typer(no_args_is_help=True, help="Run a local anvil chain in t
 app.add_typer(chain_app, name="chain")
 outbox_app = typer.Typer(no_args_is_help=True, help="Inspect and replay the outbox.")
 app.add_typer(outbox_app, name="outbox")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (ratios measured in one run).")
+app.add_typer(bench_app, name="bench")
 DEFAULT_DB_URL = "sqlite:///var/settle.db"
 DbUrl = Annotated[str, typer.Option("--db", envvar="SETTLE_DB", help="SQLite or PostgreSQL URL.")]
 console = Console()
@@ -188,6 +190,15 @@ def chain_down() -> None:
     from engine.chain.chain_process import cmd_chain_down
 
     raise typer.Exit(cmd_chain_down())
+
+
+@bench_app.command("chain")
+@user_errors
+def bench_chain(as_json: JsonFlag = False) -> None:
+    """Escrow operations per second on anvil: a plain web3.py loop, the tx manager, batches."""
+    from engine.chain.bench_chain import cmd_bench_chain
+
+    raise typer.Exit(cmd_bench_chain(as_json))
 
 
 @app.command("gas-report")
