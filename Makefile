@@ -26,8 +26,10 @@ $(STAMP_TOOLS): tools/slither-constraints.txt
 	$(TOOLS)/bin/pip install --quiet -c tools/slither-constraints.txt slither-analyzer
 	touch $@
 
+# The demo deploys a fresh escrow, so it starts from a fresh database every time.
 demo: setup
-	$(BIN)/settle demo
+	rm -f var/demo.db var/demo.db-wal var/demo.db-shm var/demo.db.evm.sqlite
+	$(BIN)/settle demo --db sqlite:///var/demo.db
 
 contracts: setup
 	$(BIN)/settle contracts build

@@ -38,6 +38,7 @@ app.add_typer(outbox_app, name="outbox")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (ratios measured in one run).")
 app.add_typer(bench_app, name="bench")
 DEFAULT_DB_URL = "sqlite:///var/settle.db"
+DEMO_DB_URL = "sqlite:///var/demo.db"
 DbUrl = Annotated[str, typer.Option("--db", envvar="SETTLE_DB", help="SQLite or PostgreSQL URL.")]
 console = Console()
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
@@ -192,6 +193,56 @@ def chain_down() -> None:
     raise typer.Exit(cmd_chain_down())
 
 
+@app.command("reconcile")
+@user_errors
+def reconcile(
+    db: DbUrl = DEFAULT_DB_URL,
+    rpc_url: Annotated[
+        str | None, typer.Option("--rpc-url", envvar="SETTLE_RPC_URL", help="The bound chain.")
+    ] = None,
+    repair: Annotated[
+        bool,
+        typer.Option("--repair", help="Re-sync a mismatched payment's ledger from chain logs."),
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Compare ledger and chain per payment and per asset; exit 1 on any mismatch."""
+    from engine.ops.reconcile import cmd_reconcile
+
+    raise typer.Exit(cmd_reconcile(db, as_json, repair, rpc_url=rpc_url))
+
+
+@app.command("replay")
+@user_errors
+def replay(
+    db: DbUrl = DEFAULT_DB_URL,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Rebuild into scratch tables and compare.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Rebuild ledger and projections from the event store; with --verify, compare to live."""
+    from engine.store.replay import cmd_replay
+
+    raise typer.Exit(cmd_replay(db, verify, as_json))
+
+
+@app.command("chain-check")
+@user_errors
+def chain_check(
+    network: Annotated[str, typer.Option("--network", help="A local network: anvil.")] = "anvil",
+    operations: Annotated[int, typer.Option("--operations", min=2, max=5000)] = 300,
+    db: Annotated[
+        str | None, typer.Option("--db", help="Database for the run (default: a temporary file).")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run operations through the tx manager and indexer while injecting every chain fault."""
+    from engine.chain.chain_check import cmd_chain_check
+
+    raise typer.Exit(cmd_chain_check(network, as_json, operations, db))
+
+
 @bench_app.command("chain")
 @user_errors
 def bench_chain(as_json: JsonFlag = False) -> None:
@@ -234,8 +285,24 @@ def gas_report(as_json: JsonFlag = False) -> None:
 
 @app.command("demo")
 @user_errors
-def demo(as_json: JsonFlag = False) -> None:
-    """Walk one payment through the escrow on the embedded EVM."""
+def demo(
+    db: Annotated[str, typer.Option("--db", help="A fresh SQLite or PostgreSQL database.")] = (
+        DEMO_DB_URL
+    ),
+    as_json: JsonFlag = False,
+) -> None:
+    """Settle a mix of payments end to end on the embedded EVM: commands, outbox, relay,
+    escrow, indexer, ledger; then trial balance, reconciliation and audit."""
+    from engine.saga.demo import cmd_demo_db
+
+    _ensure_sqlite_folder(db)
+    raise typer.Exit(cmd_demo_db(db, as_json))
+
+
+@app.command("walkthrough")
+@user_errors
+def walkthrough(as_json: JsonFlag = False) -> None:
+    """Walk one payment through the escrow on the embedded EVM, balances after each step."""
     from engine import demo as walkthrough
 
     if as_json:

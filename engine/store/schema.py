@@ -502,3 +502,55 @@ def define_ledger_tables(target: MetaData, prefix: str = "") -> tuple[Table, Tab
 
 
 ledger_accounts, ledger_entries, ledger_postings = define_ledger_tables(metadata)
+
+# payments
+
+PAYMENT_STATUS_LENGTH_MAX = 20
+COMMAND_KIND_LENGTH_MAX = 20
+COMMAND_STATUSES = ("accepted", "applied", "failed")
+COMMAND_STATUS_LENGTH_MAX = 10
+
+# The payment projection: one row per payment, rebuilt from its event stream. `version` is the
+# stream version it reflects; `chain_seq` counts the escrow operations applied to the payment,
+# which is the sequence number the escrow expects for the next one.
+payments = Table(
+    "payments",
+    metadata,
+    Column("id", String(PAYMENT_ID_LENGTH_MAX), primary_key=True),
+    Column("chain_payment_id", LargeBinary(HASH_BYTES), nullable=False, unique=True),
+    Column("terms_hash", LargeBinary(HASH_BYTES), nullable=False),
+    Column("terms", Text, nullable=False),  # canonical JSON of PaymentTerms.to_dict()
+    Column("status", String(PAYMENT_STATUS_LENGTH_MAX), nullable=False),
+    Column("amount", Amount, nullable=False),
+    Column("authorized", Amount, nullable=False),
+    Column("captured", Amount, nullable=False),
+    Column("voided", Amount, nullable=False),
+    Column("reclaimed", Amount, nullable=False),
+    Column("refunded", Amount, nullable=False),
+    Column("disputed", Amount, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("chain_seq", Integer, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Index("ix_payments_status", "status"),
+)
+
+# Accepted payment commands under their idempotency key: a retry returns `outcome`. A command
+# stays `accepted` while its escrow operation is on its way; one per payment at a time.
+payment_commands = Table(
+    "payment_commands",
+    metadata,
+    Column("idempotency_key", String(OUTBOX_KEY_LENGTH_MAX), primary_key=True),
+    Column("payment_id", String(PAYMENT_ID_LENGTH_MAX), nullable=False),
+    Column("kind", String(COMMAND_KIND_LENGTH_MAX), nullable=False),
+    Column("request", Text, nullable=False),  # canonical JSON of the command's arguments
+    Column("op_id", String(OUTBOX_KEY_LENGTH_MAX), nullable=False, unique=True),
+    Column("status", String(COMMAND_STATUS_LENGTH_MAX), nullable=False),
+    Column("outcome", Text, nullable=False),  # canonical JSON returned to the caller
+    Column("error", Text, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    CheckConstraint(
+        "status IN (" + ", ".join(f"'{status}'" for status in COMMAND_STATUSES) + ")",
+        name="status_known",
+    ),
+    Index("ix_payment_commands_payment_id_status", "payment_id", "status"),
+)

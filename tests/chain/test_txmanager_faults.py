@@ -1,5 +1,6 @@
 """The transaction manager under faults: lost and late answers, a dead node, a crash between
-send and record, nonces used behind its back. Faults come from the proxy in fault_proxy.py.
+send and record, nonces used behind its back. Faults come from the proxy in
+engine/chain/fault_proxy.py.
 
 Invariants, in every test: no operation applied twice (each goes to its own recipient, whose
 balance must equal the amount exactly), none lost (every record ends final), and nothing is
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from engine.chain.fault_proxy import Fault, FaultProxy
 from engine.chain.networks import ANVIL_CHAIN_ID
 from engine.chain.tx_errors import RpcUnavailable, UnknownIdempotencyKey
 from engine.chain.tx_fees import Fees
@@ -26,7 +28,6 @@ from engine.chain.tx_sign import LaneSigner
 from engine.chain.tx_store import TxStatus
 from engine.chain.txmanager import TxManager
 from engine.store.db import Database, open_database
-from tests.chain.fault_proxy import Fault, FaultProxy
 from tests.chain.test_txmanager import (
     ManualClock,
     Node,

@@ -18,8 +18,8 @@ def settle(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_demo_json_walks_one_payment_and_conserves_money() -> None:
-    result = settle("demo", "--json")
+def test_walkthrough_json_walks_one_payment_and_conserves_money() -> None:
+    result = settle("walkthrough", "--json")
     assert result.returncode == 0, result.stderr
     steps = json.loads(result.stdout)["steps"]
     assert [s["step"].split()[0] for s in steps] == ["authorize", "capture", "capture", "refund"]
@@ -31,8 +31,8 @@ def test_demo_json_walks_one_payment_and_conserves_money() -> None:
     assert final["balances"]["fee_receiver"] == 1_000_000  # 1% of 100, in two captures
 
 
-def test_demo_prints_readable_steps() -> None:
-    result = settle("demo")
+def test_walkthrough_prints_readable_steps() -> None:
+    result = settle("walkthrough")
     assert result.returncode == 0, result.stderr
     assert "capture 30.000000 (partial, 1% fee)" in result.stdout
     assert "merchant" in result.stdout

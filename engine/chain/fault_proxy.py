@@ -1,4 +1,7 @@
-"""A small HTTP/JSON-RPC proxy in front of anvil that injects network faults on request.
+"""A small HTTP/JSON-RPC proxy in front of a local node that injects network faults on request.
+
+Used by `settle chain-check` and by the transaction manager's fault tests; it belongs in front
+of a node the engine started (anvil), never in front of a real network's RPC.
 
 Faults are chosen by the JSON-RPC method in a request (any call of a batch counts), so a test
 can let everything through except, say, the response to eth_sendRawTransaction:

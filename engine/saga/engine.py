@@ -1,0 +1,142 @@
+"""The settlement engine: commands, relay, transaction manager, indexer and chain mirror wired
+onto one database and one escrow deployment, stepped by one loop.
+
+The loop is for one process; every component keeps its state in the database, so a new
+engine over the same database and chain continues where a stopped one left off.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+
+from engine.chain.backends import ChainBackend
+from engine.chain.binding import bind
+from engine.chain.indexer import Indexer
+from engine.chain.localnet import LocalDeployment, deploy_local
+from engine.chain.tx_fees import FeePolicy
+from engine.chain.tx_rpc import rpc_for
+from engine.chain.txmanager import SystemClock, TxManager, TxManagerConfig
+from engine.saga.commands import PaymentService
+from engine.saga.mirror import ChainMirror
+from engine.saga.relay import Relay
+from engine.store.db import Database, open_database, upgrade
+from engine.store.outbox import Outbox
+
+FEE_CAP_PER_GAS = 500 * 10**9  # local chains: far above their base fee, far below a signer's ETH
+BLOCKS_PER_POLL_MAX = 500
+# Nothing to do but wait for a retry's backoff: how long one idle step sleeps.
+IDLE_SLEEP_S = 0.05
+
+
+class NotQuiescent(RuntimeError):
+    """The engine still had work after the steps it was given."""
+
+
+@dataclass
+class StepReport:
+    claimed: int
+    submitted: int
+    completed: int
+    failed: int
+    open_txs: int
+    notices: int
+    conflicts: int
+
+    @property
+    def idle(self) -> bool:
+        return not (self.claimed or self.submitted or self.completed or self.failed) and not (
+            self.open_txs or self.notices
+        )
+
+
+class SettlementEngine:
+    """Everything between a payment command and its posted ledger entries.
+
+    Deploys a fresh escrow on ``backend`` unless given ``deployment``. ``confirmations`` is
+    the depth at which both the transaction manager and the indexer call a block final; on a
+    local chain the loop mines the blocks that takes.
+    """
+
+    def __init__(
+        self,
+        db_url: str,
+        backend: ChainBackend,
+        deployment: LocalDeployment | None = None,
+        *,
+        confirmations: int = 0,
+        worker_id: str | None = None,
+    ) -> None:
+        upgrade(db_url)
+        self.backend = backend
+        self.db: Database = open_database(db_url)
+        self.deployment = deployment or deploy_local(backend)
+        self.confirmations = confirmations
+        escrow = self.deployment.escrow
+        self.chain_id = backend.chain_id
+        bind(self.db, backend.w3, escrow.address, now=self.now())
+        self.service = PaymentService(self.db, self.chain_id, escrow.address, self.now)
+        self.outbox = Outbox(self.db)
+        self.txmanager = TxManager(
+            self.db,
+            rpc_for(backend.w3),
+            [self.deployment.operator.account],
+            TxManagerConfig(
+                self.chain_id,
+                FeePolicy(max_fee_per_gas_cap=FEE_CAP_PER_GAS),
+                confirmations=confirmations,
+            ),
+            SystemClock(),
+        )
+        worker = worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+        self.relay = Relay(
+            self.db, self.outbox, self.txmanager, escrow, self.service, worker, self.now
+        )
+        self.indexer = Indexer(
+            self.db,
+            backend.w3,
+            escrow.address,
+            confirmations,
+            BLOCKS_PER_POLL_MAX,
+            start_block=backend.w3.eth.block_number,
+        )
+        self.mirror = ChainMirror(self.db, self.indexer, self.service, self.chain_id)
+
+    def now(self) -> int:
+        """The engine's clock: never behind the chain's, so a command is judged no earlier
+        than the block that will carry it."""
+        return max(int(time.time()), self.backend.now())
+
+    def step(self) -> StepReport:
+        relayed = self.relay.step()
+        pumped = self.txmanager.pump()
+        if self.confirmations and (pumped.open or self.relay.busy):
+            self.backend.mine(self.confirmations)
+        mirrored = self.mirror.step()
+        return StepReport(
+            claimed=relayed.claimed,
+            submitted=relayed.submitted,
+            completed=relayed.completed,
+            failed=relayed.failed,
+            open_txs=pumped.open,
+            notices=mirrored.notices,
+            conflicts=mirrored.conflicts,
+        )
+
+    def run_until_quiescent(self, max_steps: int = 200) -> int:
+        """Step until no operation is owed, in flight or unbooked; returns the steps taken."""
+        for steps in range(1, max_steps + 1):
+            report = self.step()
+            if report.idle and not self.relay.busy:
+                with self.db.snapshot() as conn:
+                    lag = self.outbox.lag(conn, self.now())
+                if lag.pending == 0 and lag.in_flight == 0:
+                    return steps
+                time.sleep(IDLE_SLEEP_S)
+        raise NotQuiescent(f"still busy after {max_steps} steps")
+
+    def close(self) -> None:
+        self.db.dispose()

@@ -1,0 +1,160 @@
+"""The outbox relay (DESIGN §5.3): delivers claimed escrow operations as settleBatch calls.
+
+One claim becomes one non-atomic ``settleBatch`` through the transaction manager, under an
+idempotency key derived from the claimed op ids: a relay that crashed after submitting and
+claims the same rows again gets the same transaction back instead of sending another. A batch
+is non-atomic so that one refused operation (a payer without funds, say) does not hold back
+the others; the escrow logs it as ``OperationFailed`` and the chain mirror books that.
+
+Rows complete once the transaction is confirmed; that is delivery, not success, which the
+mirror learns from the logs. A transaction that reverted as a whole fails its rows for good
+(the same bytes would revert again); one whose nonce went to another transaction, or that
+could not be submitted for a passing reason, fails them retryably. An operation the escrow has
+already applied is refused by its sequence number when sent again, so a re-sent operation
+changes nothing on chain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from web3.contract import Contract
+
+from engine.chain.errors import ChainError
+from engine.chain.escrow import BatchOp, Method, encode_batch
+from engine.chain.reverts import ContractReverted
+from engine.chain.tx_store import TxRecord, TxStatus
+from engine.chain.txmanager import TxManager
+from engine.domain.ids import PaymentTerms
+from engine.saga.commands import PaymentService
+from engine.store.db import Database
+from engine.store.event_store import Json
+from engine.store.outbox import NotLeaseHolder, Outbox, OutboxRow, OutboxStatus
+
+BATCH_OPS_MAX = 100  # the escrow takes 256 records per batch; smaller batches estimate faster
+
+
+@dataclass
+class RelayReport:
+    claimed: int = 0
+    submitted: int = 0
+    completed: int = 0
+    failed: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def batch_op(row: OutboxRow) -> BatchOp:
+    """The escrow operation an outbox row asks for (payloads are written by the commands)."""
+    payload = row.payload
+    terms = PaymentTerms.from_dict(payload["terms"])  # type: ignore[arg-type]
+    amount = int(payload["amount"])  # type: ignore[arg-type]
+    seq = int(payload["seq"])  # type: ignore[arg-type]
+    if row.kind == "authorize":
+        auth = bytes.fromhex(str(payload["authorization"]).removeprefix("0x"))
+        return BatchOp.authorize(terms, amount, Method.ALLOWANCE, auth)
+    if row.kind == "capture":
+        fee_bps = int(payload["fee_bps"])  # type: ignore[arg-type]
+        return BatchOp.capture(terms, seq, amount, fee_bps)
+    if row.kind == "void":
+        return BatchOp.void(terms, seq, amount)
+    if row.kind == "refund":
+        return BatchOp.refund(terms, seq, amount, merchant_funds=True)
+    raise ValueError(f"no escrow operation for outbox kind {row.kind!r}")
+
+
+class Relay:
+    def __init__(
+        self,
+        db: Database,
+        outbox: Outbox,
+        txmanager: TxManager,
+        escrow: Contract,
+        service: PaymentService,
+        worker_id: str,
+        clock: Callable[[], int],
+        batch_ops_max: int = BATCH_OPS_MAX,
+    ) -> None:
+        self._db = db
+        self._outbox = outbox
+        self._txm = txmanager
+        self._escrow = escrow
+        self._service = service
+        self._worker_id = worker_id
+        self._clock = clock
+        self._batch_ops_max = batch_ops_max
+        # Submitted batches not yet final, by transaction key. After a restart their rows come
+        # back once their lease runs out, and the same claim finds the same transaction.
+        self._watching: dict[str, tuple[OutboxRow, ...]] = {}
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._watching)
+
+    def step(self) -> RelayReport:
+        """Finish what the chain settled, then claim and submit one new batch."""
+        report = RelayReport()
+        if self._watching:
+            records = self._txm.get_many(list(self._watching))
+            for record in records:
+                if record.is_final:
+                    self._finish(record, self._watching.pop(record.idempotency_key), report)
+        with self._db.transaction() as conn:
+            claim = self._outbox.claim(conn, self._worker_id, self._clock(), self._batch_ops_max)
+        report.claimed = len(claim.rows)
+        if claim.rows:
+            self._submit(claim.rows, report)
+        return report
+
+    def _submit(self, rows: Sequence[OutboxRow], report: RelayReport) -> None:
+        key = "relay:" + hashlib.sha256(",".join(row.op_id for row in rows).encode()).hexdigest()
+        try:
+            ops = [batch_op(row) for row in rows]
+            data = self._escrow.encode_abi("settleBatch", args=[encode_batch(ops), False])
+            self._txm.submit(self._escrow.address, bytes.fromhex(data[2:]), idempotency_key=key)
+        except (ValueError, KeyError, TypeError) as error:  # a payload no batch can carry
+            self._fail(rows, f"malformed operation: {error}", False, report)
+            return
+        except ChainError as error:
+            # Reverted estimates are permanent: a non-atomic batch only reverts as a whole for
+            # reasons that do not pass (malformed, not the operator). The rest may pass.
+            permanent = isinstance(error, ContractReverted)
+            self._fail(rows, f"{type(error).__name__}: {error}", not permanent, report)
+            return
+        report.submitted += len(rows)
+        self._watching[key] = tuple(rows)
+
+    def _finish(self, record: TxRecord, rows: Sequence[OutboxRow], report: RelayReport) -> None:
+        if record.status is TxStatus.CONFIRMED:
+            result: dict[str, Json] = {
+                "tx_hash": "0x" + (record.tx_hash or b"").hex(),
+                "block_number": record.block_number or 0,
+            }
+            with self._db.transaction() as conn:
+                for row in rows:
+                    try:
+                        self._outbox.complete(conn, row.op_id, self._worker_id, result)
+                    except NotLeaseHolder:
+                        continue  # claimed again since, and delivered by that claim
+                    report.completed += 1
+            return
+        reason = f"transaction {record.status.value}: {record.error_code or ''}"
+        self._fail(rows, reason, record.status is TxStatus.REPLACED, report)
+
+    def _fail(
+        self, rows: Sequence[OutboxRow], reason: str, retryable: bool, report: RelayReport
+    ) -> None:
+        now = self._clock()
+        with self._db.transaction() as conn:
+            for row in rows:
+                try:
+                    failed = self._outbox.fail(
+                        conn, row.op_id, self._worker_id, reason, retryable, now
+                    )
+                except NotLeaseHolder:
+                    continue  # claimed again since: that claim decides
+                if failed.status is OutboxStatus.DEAD:
+                    self._service.fail_command(conn, row.payment_key, reason, now)
+        report.failed += len(rows)
+        report.problems.append(reason)

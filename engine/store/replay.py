@@ -1,0 +1,364 @@
+"""Replay verification (DESIGN §5.5): rebuild the ledger from the event store and compare.
+
+The event store is the record; the ledger and the payments projection are derived from it. If
+they were written correctly, replaying every payment's events through the same mapping the
+chain mirror uses (``ledger_events``) into a second set of ledger tables gives the same money
+in the same accounts. A difference means a live row was altered, an entry was lost or written
+twice, or the mirror and the events drifted apart.
+
+What is compared, and why not row by row: the live ledger's entry keys are the mirror's (chain
+log keys) and a repaired payment carries reversals next to its re-recorded entries, neither of
+which the events know. What they must agree on is the money: for every payment and account,
+the net of its non-voided postings. The live running totals are checked against the live
+postings by ``Ledger.verify``, so a tampered total is named too. Entries without a payment (the
+escrow's deferred-payout credits, which no payment event books) are left out on both sides.
+
+The scratch tables live inside one transaction that is rolled back, so a replay leaves
+nothing behind and two replays never see each other's tables.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from sqlalchemy import Connection, MetaData, Table, inspect, select
+
+from engine.domain.errors import DomainError
+from engine.domain.events import (
+    EVENT_TYPES,
+    Conflicted,
+    DisputeOpened,
+    DisputeResolved,
+    Event,
+    PaymentRequested,
+    Refunded,
+    event_from_dict,
+)
+from engine.domain.payment import Payment, apply, start
+from engine.store.db import Database, open_database
+from engine.store.event_store import READ_ALL_LIMIT_MAX, EventStore, StoredEvent
+from engine.store.ledger import ENTRIES_PER_CALL_MAX, LIVE_TABLES, Ledger, scratch_tables
+from engine.store.ledger_entries import EntryState, NewEntry
+from engine.store.ledger_events import entry_for
+from engine.store.schema import chain_binding
+
+# A replayed payment's history is folded in memory; this bounds one payment's events.
+EVENTS_PER_PAYMENT_MAX = 10_000
+# Keeps the JSON report readable when a whole ledger disagrees; the count stays exact.
+DIFFERENCES_SHOWN_MAX = 100
+PAYMENTS_PROJECTION_TABLE = "payments"
+_PROJECTION_FIELDS = (
+    "status",
+    "amount",
+    "authorized",
+    "captured",
+    "voided",
+    "reclaimed",
+    "refunded",
+    "disputed",
+    "version",
+)
+
+
+class ReplayError(Exception):
+    """The events cannot be replayed as stored (a bug or a damaged store): stable code."""
+
+    code = "replay_failed"
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEvent:
+    stored: StoredEvent
+    event: Event
+    funder: str | None  # who funded a refund or dispute, when the event's payload names it
+
+
+@dataclass(slots=True)
+class PaymentHistory:
+    """One payment's stream as domain events, with what appending to it needs."""
+
+    payment_id: str
+    stream_id: str
+    version: int
+    events: list[HistoryEvent] = field(default_factory=list)
+
+    @property
+    def requested(self) -> PaymentRequested:
+        first = self.events[0].event
+        assert isinstance(first, PaymentRequested)
+        return first
+
+    @property
+    def last_conflict(self) -> str | None:
+        """The reason of the newest Conflicted event, if any."""
+        for item in reversed(self.events):
+            if isinstance(item.event, Conflicted):
+                return item.event.reason
+        return None
+
+    def projection(self) -> Payment:
+        """The payment as its events leave it, Conflicted included."""
+        payment = start(self.requested)
+        for item in self.events[1:]:
+            payment = apply(payment, item.event)
+        return payment
+
+    def bookings(self) -> Iterator[tuple[HistoryEvent, Payment]]:
+        """Each event with the payment before it, for booking money.
+
+        Conflicted is skipped: it flags the payment, it moves no money, and the amounts it
+        keeps are what later chain facts are booked against."""
+        payment = start(self.requested)
+        for item in self.events[1:]:
+            if isinstance(item.event, Conflicted):
+                continue
+            yield item, payment
+            payment = apply(payment, item.event)
+
+
+def domain_event(stored: StoredEvent) -> tuple[Event, str | None] | None:
+    """The domain event a stored one holds (and its funder, if the payload names one), or None
+    for events of other kinds (a saga's, say). The payload may carry extra keys."""
+    cls = EVENT_TYPES.get(stored.kind)
+    if cls is None:
+        return None
+    data: dict[str, object] = {
+        f.name: stored.payload[f.name] for f in fields(cls) if f.name in stored.payload
+    }
+    data["kind"] = stored.kind
+    try:
+        event = event_from_dict(data)
+    except DomainError as error:
+        raise ReplayError(
+            f"event {stored.stream_id} v{stored.version} does not decode: {error}"
+        ) from error
+    funder = stored.payload.get("funder")
+    return event, funder if isinstance(funder, str) else None
+
+
+def payment_histories(conn: Connection, store: EventStore) -> dict[str, PaymentHistory]:
+    """Every payment's history, by payment id; streams that are not payments are skipped."""
+    histories: dict[str, PaymentHistory] = {}
+    after = 0
+    while batch := store.read_all(conn, after, READ_ALL_LIMIT_MAX):
+        after = batch[-1].position
+        for stored in batch:
+            decoded = domain_event(stored)
+            if decoded is None:
+                continue
+            event, funder = decoded
+            history = histories.get(event.payment_id)
+            if history is None:
+                if not isinstance(event, PaymentRequested):
+                    continue  # not a payment stream: payments start with a request
+                history = PaymentHistory(event.payment_id, stored.stream_id, stored.version)
+                histories[event.payment_id] = history
+            if len(history.events) >= EVENTS_PER_PAYMENT_MAX:
+                raise ReplayError(f"{event.payment_id} has over {EVENTS_PER_PAYMENT_MAX} events")
+            history.events.append(HistoryEvent(stored, event, funder))
+            history.version = max(history.version, stored.version)
+    return histories
+
+
+def bound_chain_id(conn: Connection) -> int | None:
+    return conn.execute(select(chain_binding.c.chain_id)).scalar_one_or_none()
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayReport:
+    identical: bool
+    events: int
+    entries: int
+    differences: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "identical": self.identical,
+            "events": self.events,
+            "entries": self.entries,
+            "differences": list(self.differences[:DIFFERENCES_SHOWN_MAX]),
+            "differences_total": len(self.differences),
+        }
+
+
+def verify_replay(db: Database, *, chain_id: int | None = None) -> ReplayReport:
+    """Rebuild ledger (and payments projection, if its table exists) from the events and
+    compare with the live ones. ``chain_id`` defaults to the database's chain binding."""
+    with db.engine.connect() as conn:
+        if db.dialect == "postgresql":
+            # Events and ledger must be read in one consistent state.
+            conn.execution_options(isolation_level="REPEATABLE READ")
+        transaction = conn.begin()
+        try:
+            return _verify(conn, db, chain_id)
+        finally:
+            transaction.rollback()  # the scratch tables go with it
+
+
+def _verify(conn: Connection, db: Database, chain_id: int | None) -> ReplayReport:
+    histories = payment_histories(conn, EventStore(db))
+    events = sum(len(history.events) for history in histories.values())
+    chain_id = chain_id if chain_id is not None else bound_chain_id(conn)
+    entries = _replayed_entries(histories, chain_id)
+    scratch = scratch_tables(f"replay_{secrets.token_hex(4)}_")
+    scratch.accounts.metadata.create_all(conn)
+    replayed = Ledger(scratch)
+    at = max((h.events[-1].stored.occurred_at for h in histories.values()), default=0)
+    for start_index in range(0, len(entries), ENTRIES_PER_CALL_MAX):
+        chunk = entries[start_index : start_index + ENTRIES_PER_CALL_MAX]
+        replayed.record_all(conn, chunk, at, state=EntryState.POSTED)
+    differences = [f"live ledger: {problem}" for problem in Ledger().verify(conn).problems]
+    differences += [f"replayed ledger: {problem}" for problem in replayed.verify(conn).problems]
+    differences += _money_differences(
+        payment_nets(conn, LIVE_TABLES.entries, LIVE_TABLES.postings, LIVE_TABLES.accounts),
+        payment_nets(conn, scratch.entries, scratch.postings, scratch.accounts),
+    )
+    differences += _projection_differences(conn, histories)
+    return ReplayReport(not differences, events, len(entries), tuple(differences))
+
+
+def _replayed_entries(
+    histories: Mapping[str, PaymentHistory], chain_id: int | None
+) -> list[NewEntry]:
+    entries: list[tuple[int, NewEntry]] = []
+    for history in histories.values():
+        for item, before in history.bookings():
+            if chain_id is None:
+                raise ReplayError("the database is bound to no chain: pass its chain id")
+            entry = entry_for(
+                item.event,
+                before,
+                chain_id=chain_id,
+                key=f"replay:{item.stored.position}",
+                funder=_funder(history, item),
+            )
+            if entry is not None:
+                entries.append((item.stored.position, entry))
+    return [entry for _, entry in sorted(entries, key=lambda pair: pair[0])]
+
+
+def _funder(history: PaymentHistory, item: HistoryEvent) -> str | None:
+    """Who funded a refund or dispute. Domain events do not say; a payload may. Otherwise the
+    merchant, the escrow's default funder (an operator-funded refund must name its funder in
+    the payload to replay exactly). A resolution goes back to whoever funded the dispute it
+    closes."""
+    merchant = history.requested.terms.merchant
+    if isinstance(item.event, Refunded | DisputeOpened):
+        return item.funder or merchant
+    if isinstance(item.event, DisputeResolved):
+        opened = [
+            earlier
+            for earlier in history.events
+            if isinstance(earlier.event, DisputeOpened)
+            and earlier.stored.position < item.stored.position
+        ]
+        return (opened[-1].funder if opened else None) or merchant
+    return None
+
+
+Nets = dict[tuple[str, str], int]
+
+
+def payment_nets(conn: Connection, entries: Table, postings: Table, accounts: Table) -> Nets:
+    """The net of every payment's non-voided postings per account, keyed by (payment id,
+    account); read from the rows, so even an unbalanced (tampered) entry is counted."""
+    rows = conn.execute(
+        select(
+            entries.c.payment_id,
+            accounts.c.chain_id,
+            accounts.c.token,
+            accounts.c.kind,
+            accounts.c.owner,
+            postings.c.amount,
+        )
+        .join(entries, entries.c.id == postings.c.entry_id)
+        .join(accounts, accounts.c.id == postings.c.account_id)
+        .where(entries.c.payment_id.is_not(None), entries.c.state != EntryState.VOIDED.value)
+    )
+    nets: Nets = {}
+    for row in rows:
+        account = f"{row.chain_id}:{row.token}:{row.kind}:{row.owner}".rstrip(":")
+        key = (row.payment_id, account)
+        nets[key] = nets.get(key, 0) + row.amount
+    return {key: amount for key, amount in nets.items() if amount != 0}
+
+
+def _money_differences(live: Nets, replayed: Nets) -> list[str]:
+    return [
+        f"payment {payment} account {account}: live {live.get((payment, account), 0)}, "
+        f"replay {replayed.get((payment, account), 0)}"
+        for payment, account in sorted(set(live) | set(replayed))
+        if live.get((payment, account), 0) != replayed.get((payment, account), 0)
+    ]
+
+
+def _projection_differences(conn: Connection, histories: Mapping[str, PaymentHistory]) -> list[str]:
+    """The payments projection (if the pipeline created its table) against the replayed one."""
+    if not inspect(conn).has_table(PAYMENTS_PROJECTION_TABLE):
+        return []
+    table = Table(PAYMENTS_PROJECTION_TABLE, MetaData(), autoload_with=conn)
+    key = next((name for name in ("payment_id", "id") if name in table.c), None)
+    if key is None:
+        return [f"{PAYMENTS_PROJECTION_TABLE}: no payment_id column to compare by"]
+    compared = [name for name in _PROJECTION_FIELDS if name in table.c]
+    live = {row[key]: row for row in conn.execute(select(table)).mappings()}
+    differences: list[str] = []
+    for payment_id in sorted(set(live) | set(histories)):
+        if payment_id not in live:
+            differences.append(f"projection: payment {payment_id} missing from the live table")
+            continue
+        if payment_id not in histories:
+            differences.append(f"projection: payment {payment_id} has no events")
+            continue
+        history = histories[payment_id]
+        replayed = history.projection()
+        for name in compared:
+            want = _plain(getattr(replayed, name) if name != "version" else history.version)
+            have = _plain(live[payment_id][name])
+            if want != have:
+                differences.append(
+                    f"projection: payment {payment_id} {name}: live {have}, replay {want}"
+                )
+    return differences
+
+
+def _plain(value: object) -> str:
+    # Amount columns come back as int or decimal text, statuses as str or enum.
+    return str(value.value if hasattr(value, "value") else value)
+
+
+def cmd_replay(db_url: str, verify: bool, as_json: bool) -> int:
+    """`settle replay --db URL --verify [--json]`: exit 0 when replay equals live, 1 if not."""
+    if not verify:
+        print("replay only verifies for now: pass --verify")
+        return 2
+    database = open_database(db_url)
+    try:
+        report = verify_replay(database)
+    finally:
+        database.dispose()
+    if as_json:
+        print(json.dumps(report.to_json()))
+    else:
+        verdict = "identical" if report.identical else "DIFFERENT"
+        print(f"{report.events} events replayed into {report.entries} entries: {verdict}")
+        for difference in report.differences[:DIFFERENCES_SHOWN_MAX]:
+            print(f"  {difference}")
+    return 0 if report.identical else 1
+
+
+__all__ = [
+    "HistoryEvent",
+    "PaymentHistory",
+    "ReplayError",
+    "ReplayReport",
+    "cmd_replay",
+    "domain_event",
+    "payment_histories",
+    "payment_nets",
+    "verify_replay",
+]

@@ -1,0 +1,217 @@
+"""Reconciliation against a real escrow on the embedded EVM, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from engine.chain.anvil import AnvilProcess
+from engine.chain.backends import AnvilBackend, EmbeddedBackend
+from engine.chain.binding import bind
+from engine.chain.escrow import terms_tuple
+from engine.chain.localnet import UNIT, LocalDeployment, deploy_local
+from engine.domain.events import Authorized, Captured, Conflicted, PaymentRequested
+from engine.domain.ids import IdPrefix, new_id
+from engine.domain.money import fee_for
+from engine.domain.payment import Payment
+from engine.ops.reconcile import ChainTarget, ProviderView, RpcUrlMissing, cmd_reconcile, reconcile
+from engine.store.db import Database
+from engine.store.event_store import EventStore
+from engine.store.ledger import Ledger
+from engine.store.ledger_accounts import AccountKey, AccountKind, AssetKey
+from engine.store.ledger_entries import EntryState, NewEntry, Transfer
+from engine.store.replay import verify_replay
+from tests.store.test_replay import book
+
+FEE_BPS = 100
+NOW = 1_800_000_000
+
+
+@pytest.fixture(scope="module")
+def deployment() -> Iterator[LocalDeployment]:
+    with EmbeddedBackend() as backend:
+        yield deploy_local(backend)
+
+
+@pytest.fixture
+def world(deployment: LocalDeployment) -> Iterator[LocalDeployment]:
+    token = deployment.backend.snapshot()
+    yield deployment
+    deployment.backend.revert(token)
+    for signer in (deployment.operator, deployment.payer, deployment.merchant):
+        signer.resync()
+
+
+def _target(world: LocalDeployment) -> ChainTarget:
+    return ChainTarget(world.backend.w3, world.backend.chain_id, world.escrow.address)
+
+
+def _capture_on_chain(world: LocalDeployment, payment: Payment, amount: int) -> None:
+    seq = world.state(payment.terms)[2]
+    call = world.escrow.functions.capture(terms_tuple(payment.terms), seq, amount, FEE_BPS, [])
+    world.operator.send(call)
+
+
+def _held_payment(database: Database, world: LocalDeployment, captured: int = 0) -> Payment:
+    """A payment authorized (and optionally captured) on chain and booked like the mirror."""
+    terms = world.terms(100 * UNIT, max_fee_bps=FEE_BPS)
+    world.authorize(terms)
+    pid = new_id(IdPrefix.PAYMENT)
+    requested = PaymentRequested(payment_id=pid, at=NOW, terms=terms, amount=100 * UNIT)
+    chain_id = world.backend.chain_id
+    payment = book(database, None, requested, chain_id=chain_id)
+    authorized = Authorized(payment_id=pid, at=NOW, amount=100 * UNIT)
+    payment = book(database, payment, authorized, chain_id=chain_id)
+    if captured:
+        _capture_on_chain(world, payment, captured)
+        fee = fee_for(captured, FEE_BPS)
+        event = Captured(payment_id=pid, at=NOW, amount=captured, fee=fee)
+        payment = book(database, payment, event, chain_id=chain_id)
+    return payment
+
+
+def _conflicts(database: Database, payment_id: str) -> int:
+    with database.snapshot() as conn:
+        stream = EventStore(database).read(conn, payment_id)
+    return sum(1 for stored in stream if stored.kind == Conflicted.kind)
+
+
+@pytest.fixture
+def payments(database: Database, world: LocalDeployment) -> list[Payment]:
+    return [_held_payment(database, world), _held_payment(database, world, captured=40 * UNIT)]
+
+
+def test_consistent_books_match_every_payment_and_the_escrow_balance(
+    database: Database, world: LocalDeployment, payments: list[Payment]
+) -> None:
+    report = reconcile(database, _target(world), now=NOW)
+    assert report.to_json() == {
+        "matched": 3,  # two payments and one asset
+        "mismatched": 0,
+        "details": [],
+        "conflicted": [],
+        "repaired": [],
+    }
+    assert [_conflicts(database, p.id) for p in payments] == [0, 0]
+
+
+def test_a_posting_the_chain_never_made_conflicts_the_payment_once_and_repair_resyncs_it(
+    database: Database, world: LocalDeployment, payments: list[Payment]
+) -> None:
+    payment = payments[0]
+    asset = AssetKey(world.backend.chain_id, payment.terms.token)
+    bogus = Transfer(
+        AccountKey(asset, AccountKind.ESCROW_HELD),
+        AccountKey(asset, AccountKind.MERCHANT_SETTLED, payment.terms.merchant),
+        5 * UNIT,
+    )
+    with database.transaction() as conn:
+        entry = NewEntry.from_transfers("bogus", "captured", [bogus], payment.id)
+        Ledger().record(conn, entry, NOW, state=EntryState.POSTED)
+
+    first = reconcile(database, _target(world), now=NOW)
+    again = reconcile(database, _target(world), now=NOW + 1)
+
+    details = first.to_json()["details"]
+    assert {(d.get("payment"), d["field"], d["ledger"], d["chain"]) for d in details} == {
+        (payment.id, "capturable", 95 * UNIT, 100 * UNIT),
+        (payment.id, "refundable", 5 * UNIT, 0),
+        (None, "escrow_balance", 155 * UNIT, 160 * UNIT),  # 100 held + 60 held, 40 paid out
+    }
+    assert (first.mismatched, first.matched, first.conflicted) == (2, 1, (payment.id,))
+    assert again.conflicted == ()
+    assert _conflicts(database, payment.id) == 1
+
+    repaired = reconcile(database, _target(world), now=NOW + 2, repair=True)
+    assert (repaired.mismatched, repaired.matched, repaired.repaired) == (0, 3, (payment.id,))
+    assert _conflicts(database, payment.id) == 1
+    with database.snapshot() as conn:
+        assert Ledger().verify(conn).ok
+
+
+def test_a_capture_behind_the_ledgers_back_is_found_and_repair_books_it(
+    database: Database, world: LocalDeployment, payments: list[Payment]
+) -> None:
+    payment = payments[1]
+    _capture_on_chain(world, payment, 30 * UNIT)
+
+    report = reconcile(database, _target(world), now=NOW)
+    by_field = {d["field"]: d for d in report.to_json()["details"]}
+    assert by_field["capturable"] == {
+        "payment": payment.id,
+        "field": "capturable",
+        "ledger": 60 * UNIT,
+        "chain": 30 * UNIT,
+    }
+    assert by_field["refundable"]["ledger"] == 40 * UNIT
+    assert by_field["refundable"]["chain"] == 70 * UNIT
+    assert _conflicts(database, payment.id) == 1
+
+    repaired = reconcile(database, _target(world), now=NOW + 1, repair=True)
+    assert repaired.mismatched == 0
+    assert _conflicts(database, payment.id) == 1
+    with database.snapshot() as conn:
+        kinds = [e.kind for e in Ledger().entries_of_payment(conn, payment.id)]
+    # The mirror's two entries, reversed newest first, then the chain's three logs re-booked.
+    assert (
+        kinds == ["authorized", "captured"] + ["reversal"] * 2 + ["authorized"] + ["captured"] * 2
+    )
+
+
+def test_a_psp_view_that_disagrees_is_reported_against_the_projection(
+    database: Database, world: LocalDeployment, payments: list[Payment]
+) -> None:
+    views = {payments[1].id: ProviderView(status="succeeded", captured=40 * UNIT)}
+    report = reconcile(database, _target(world), now=NOW, provider=views)
+    assert report.to_json()["details"] == [
+        {
+            "payment": payments[1].id,
+            "field": "status",
+            "ledger": "partially_captured",
+            "psp": "succeeded",
+        }
+    ]
+    assert report.mismatched == 1
+
+
+def test_replay_still_matches_the_live_books_after_a_conflict_is_marked(
+    database: Database, world: LocalDeployment, payments: list[Payment]
+) -> None:
+    _capture_on_chain(world, payments[1], 30 * UNIT)
+    reconcile(database, _target(world), now=NOW)
+    assert verify_replay(database, chain_id=world.backend.chain_id).differences == ()
+
+
+@pytest.mark.anvil
+def test_cmd_reconcile_batches_its_reads_over_json_rpc_and_repairs_from_anvil_logs(
+    database: Database,
+    db_url: str,
+    anvil_process: AnvilProcess,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    backend = AnvilBackend(anvil_process)
+    snapshot = backend.snapshot()
+    try:
+        world = deploy_local(backend)
+        bind(database, backend.w3, world.escrow.address, now=NOW)
+        payment = _held_payment(database, world, captured=40 * UNIT)
+        assert cmd_reconcile(db_url, as_json=True, repair=False, rpc_url=anvil_process.url) == 0
+        assert json.loads(capsys.readouterr().out)["matched"] == 2
+
+        _capture_on_chain(world, payment, 10 * UNIT)
+        assert cmd_reconcile(db_url, as_json=True, repair=True, rpc_url=anvil_process.url) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert (report["mismatched"], report["repaired"]) == (0, [payment.id])
+        assert _conflicts(database, payment.id) == 1
+    finally:
+        backend.revert(snapshot)
+
+
+def test_cmd_reconcile_without_an_rpc_url_says_how_to_give_one(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SETTLE_RPC_URL", raising=False)
+    with pytest.raises(RpcUrlMissing, match="--rpc-url"):
+        cmd_reconcile(db_url, as_json=True, repair=False)

@@ -1,0 +1,152 @@
+"""Payment commands: idempotent by key, refused with stable codes, and all-or-nothing."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+from sqlalchemy import func, select
+
+from engine.chain.backends import EmbeddedBackend
+from engine.chain.localnet import AUTHORIZATION_WINDOW_S, UNIT
+from engine.domain.errors import DomainError
+from engine.saga.commands import CommandConflict, CommandError, CommandOutcome
+from engine.saga.engine import SettlementEngine
+from engine.store.schema import events, outbox, payment_commands
+
+AMOUNT = 100 * UNIT
+FEE_BPS = 50
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[SettlementEngine]:
+    with EmbeddedBackend() as backend:
+        settlement = SettlementEngine(db_url, backend)
+        yield settlement
+        settlement.close()
+
+
+def create(engine: SettlementEngine, key: str = "create") -> CommandOutcome:
+    world = engine.deployment
+    terms = world.terms(AMOUNT)
+    return engine.service.create(key, terms, AMOUNT, world.payer_signature(terms))
+
+
+def authorized(engine: SettlementEngine) -> str:
+    payment_id = create(engine).payment_id
+    engine.run_until_quiescent()
+    return payment_id
+
+
+def written(engine: SettlementEngine) -> tuple[int, int, int]:
+    with engine.db.snapshot() as conn:
+        return tuple(  # type: ignore[return-value]
+            conn.execute(select(func.count()).select_from(table)).scalar_one()
+            for table in (events, outbox, payment_commands)
+        )
+
+
+def refused(engine: SettlementEngine, command: Callable[[], object]) -> str:
+    """The code a refused command raises; asserts it wrote nothing."""
+    before = written(engine)
+    with pytest.raises((CommandError, DomainError)) as caught:
+        command()
+    assert written(engine) == before
+    error = caught.value
+    assert isinstance(error, CommandError | DomainError)
+    return error.code
+
+
+def test_a_retried_command_returns_its_first_outcome_and_writes_nothing(
+    engine: SettlementEngine,
+) -> None:
+    world = engine.deployment
+    terms = world.terms(AMOUNT)
+    signature = world.payer_signature(terms)
+    first = engine.service.create("same-key", terms, AMOUNT, signature)
+    before = written(engine)
+
+    again = engine.service.create("same-key", terms, AMOUNT, signature)
+
+    assert again == first
+    assert written(engine) == before
+    engine.run_until_quiescent()
+    capture = engine.service.capture("cap", first.payment_id, AMOUNT, FEE_BPS)
+    assert engine.service.capture("cap", first.payment_id, AMOUNT, FEE_BPS) == capture
+
+
+def test_a_key_reused_for_another_command_is_refused(engine: SettlementEngine) -> None:
+    payment_id = authorized(engine)
+    engine.service.capture("cap", payment_id, AMOUNT // 2, FEE_BPS)
+
+    code = refused(engine, lambda: engine.service.capture("cap", payment_id, AMOUNT, FEE_BPS))
+
+    assert code == "idempotency_key_reused"
+
+
+def test_bad_commands_are_refused_with_stable_codes(engine: SettlementEngine) -> None:
+    payment_id = authorized(engine)
+    service = engine.service
+
+    assert refused(engine, lambda: service.capture("k1", "pay_" + "0" * 26, 1, FEE_BPS)) == (
+        "unknown_payment"
+    )
+    assert refused(engine, lambda: service.capture("k2", payment_id, AMOUNT + 1, FEE_BPS)) == (
+        "amount_exceeds_capturable"
+    )
+    assert refused(engine, lambda: service.refund("k3", payment_id, 1)) == (
+        "illegal_transition"  # nothing captured yet: a refund does not apply at all
+    )
+    engine.service.capture("k4", payment_id, AMOUNT // 2, FEE_BPS)
+    engine.run_until_quiescent()
+    assert refused(engine, lambda: service.refund("k5", payment_id, AMOUNT // 2 + 1)) == (
+        "amount_exceeds_refundable"
+    )
+    engine.backend.increase_time(AUTHORIZATION_WINDOW_S + 1)
+    engine.backend.mine()
+    assert refused(engine, lambda: service.capture("k6", payment_id, 1, FEE_BPS)) == (
+        "authorization_expired"
+    )
+
+
+def test_a_command_while_another_is_in_flight_is_a_conflict(engine: SettlementEngine) -> None:
+    payment_id = authorized(engine)
+    engine.service.capture("first", payment_id, AMOUNT // 2, FEE_BPS)
+
+    assert refused(engine, lambda: engine.service.void("second", payment_id)) == "conflict"
+
+    engine.run_until_quiescent()
+    engine.service.void("second", payment_id)  # accepted once the first is on chain
+    engine.run_until_quiescent()
+
+
+def test_of_two_concurrent_commands_on_a_payment_exactly_one_is_accepted(
+    engine: SettlementEngine,
+) -> None:
+    payment_id = authorized(engine)
+    barrier = threading.Barrier(2)
+    outcomes: list[object] = []
+
+    def capture(key: str) -> None:
+        barrier.wait()
+        try:
+            outcomes.append(engine.service.capture(key, payment_id, AMOUNT, FEE_BPS))
+        except CommandConflict as conflict:
+            outcomes.append(conflict)
+
+    threads = [threading.Thread(target=capture, args=(key,)) for key in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(type(outcome).__name__ for outcome in outcomes) == [
+        "CommandConflict",
+        "CommandOutcome",
+    ]
+    with engine.db.snapshot() as conn:
+        operations = conn.execute(
+            select(func.count()).select_from(outbox).where(outbox.c.payment_key == payment_id)
+        ).scalar_one()
+    assert operations == 2  # the authorization and one capture

@@ -1,0 +1,224 @@
+"""The whole pipeline: command → outbox → relay → tx manager → escrow → indexer → mirror → books.
+
+Runs on the embedded EVM with SQLite and PostgreSQL, and once on anvil with confirmations, and
+checks after quiescence that the projection, the ledger and the chain tell one story.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import func, select, update
+
+from engine.chain.anvil import AnvilProcess
+from engine.chain.backends import AnvilBackend, ChainBackend, EmbeddedBackend
+from engine.chain.localnet import UNIT
+from engine.domain.events import Conflicted
+from engine.saga.demo import settle_mix
+from engine.saga.engine import SettlementEngine
+from engine.saga.relay import Relay
+from engine.store.event_store import EventStore
+from engine.store.ledger import Ledger
+from engine.store.ledger_accounts import AssetKey
+from engine.store.projections import load, load_all, stored_form
+from engine.store.replay import verify_replay
+from engine.store.schema import indexer_checkpoints, txs
+
+AMOUNT = 100 * UNIT
+FEE_BPS = 50
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[SettlementEngine]:
+    with EmbeddedBackend() as backend:
+        settlement = SettlementEngine(db_url, backend)
+        yield settlement
+        settlement.close()
+
+
+def assert_books_match_chain(engine: SettlementEngine) -> None:
+    world = engine.deployment
+    ledger = Ledger()
+    asset = AssetKey(engine.chain_id, world.token.address)
+    with engine.db.snapshot() as conn:
+        projected = load_all(conn)
+        for item in projected:
+            capturable, refundable, seq = world.escrow.functions.payments(
+                item.chain_payment_id
+            ).call()
+            payment = item.payment
+            assert (capturable, refundable, seq) == (
+                payment.capturable,
+                payment.refundable,
+                item.chain_seq,
+            ), payment
+        for balance in ledger.trial_balance(conn).values():
+            assert (balance.posted, balance.pending) == (0, 0)
+        assert ledger.verify(conn).ok
+        assert ledger.escrow_holdings(conn, asset) == world.balance(world.escrow.address)
+        assert EventStore(engine.db).verify(conn).ok
+    assert verify_replay(engine.db, chain_id=engine.chain_id).identical
+
+
+def test_a_mix_of_payments_settles_with_books_equal_to_the_chain(
+    engine: SettlementEngine,
+) -> None:
+    result = settle_mix(engine)
+
+    assert result["payments"] == {
+        "total": 8,
+        "by_status": {
+            "canceled": 1,
+            "partially_captured": 1,
+            "partially_refunded": 1,
+            "refunded": 1,
+            "requires_capture": 1,
+            "succeeded": 3,
+        },
+    }
+    assert set(result["ledger"]["trial_balance"].values()) == {0}
+    assert result["reconciliation"] == {"matched": 9, "mismatched": 0}
+    assert result["audit"]["ok"]
+    assert_books_match_chain(engine)
+
+
+def authorized_payments(engine: SettlementEngine, count: int) -> list[str]:
+    world = engine.deployment
+    payment_ids = []
+    for index in range(count):
+        terms = world.terms(AMOUNT)
+        signature = world.payer_signature(terms)
+        payment_ids.append(engine.service.create(f"c{index}", terms, AMOUNT, signature).payment_id)
+    engine.run_until_quiescent()
+    return payment_ids
+
+
+def test_an_operation_sent_again_in_another_batch_is_applied_once(
+    engine: SettlementEngine,
+) -> None:
+    world = engine.deployment
+    first, second = authorized_payments(engine, 2)
+    merchant_before = world.balance(world.merchant.address)
+    engine.service.capture("cap-1", first, AMOUNT, FEE_BPS)
+    engine.service.capture("cap-2", second, AMOUNT, FEE_BPS)
+    engine.relay.step()  # claims both captures and submits them as one batch
+    engine.txmanager.pump()
+    engine.txmanager.pump()  # mined on the embedded chain: the captures happened on chain
+    # The relay dies before completing its rows; their lease runs out.
+    engine.backend.increase_time(engine.outbox.policy.lease_s + 1)
+    engine.backend.mine()
+    engine.relay = Relay(
+        engine.db,
+        engine.outbox,
+        engine.txmanager,
+        world.escrow,
+        engine.service,
+        "second-worker",
+        engine.now,
+        batch_ops_max=1,  # another grouping: a new transaction re-sends a capture
+    )
+
+    engine.run_until_quiescent()
+
+    with engine.db.snapshot() as conn:
+        batches = conn.execute(select(func.count()).select_from(txs)).scalar_one()
+        assert batches == 1 + 3  # the authorizations, then the captures, sent again one by one
+        for payment_id in (first, second):
+            current = load(conn, payment_id)
+            assert current is not None
+            assert (current.payment.status, current.payment.captured) == ("succeeded", AMOUNT)
+    net = AMOUNT - AMOUNT * FEE_BPS // 10_000
+    assert world.balance(world.merchant.address) - merchant_before == 2 * net
+    assert_books_match_chain(engine)
+
+
+def test_notices_delivered_again_change_nothing(engine: SettlementEngine) -> None:
+    [payment_id] = authorized_payments(engine, 1)
+    engine.service.capture("cap", payment_id, AMOUNT // 2, FEE_BPS)
+    engine.run_until_quiescent()
+    with engine.db.snapshot() as conn:
+        before = load(conn, payment_id)
+        entries_before = Ledger().entries_of_payment(conn, payment_id)
+
+    with engine.db.transaction() as conn:  # the indexer forgets what the mirror acknowledged
+        conn.execute(update(indexer_checkpoints).values(acknowledged_through=0))
+    engine.run_until_quiescent()
+
+    with engine.db.snapshot() as conn:
+        assert load(conn, payment_id) == before
+        assert Ledger().entries_of_payment(conn, payment_id) == entries_before
+    assert_books_match_chain(engine)
+
+
+@pytest.mark.anvil
+def test_the_pipeline_posts_at_the_confirmation_depth_on_anvil(
+    anvil_process: AnvilProcess, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    backend: ChainBackend = AnvilBackend(anvil_process)
+    token = backend.snapshot()
+    db_url = f"sqlite:///{tmp_path_factory.mktemp('anvil') / 'settle.db'}"
+    try:
+        engine = SettlementEngine(db_url, backend, confirmations=2)
+        try:
+            result = settle_mix(engine)
+            assert result["reconciliation"]["mismatched"] == 0
+            assert result["payments"]["total"] == 8
+            assert_books_match_chain(engine)
+        finally:
+            engine.close()
+    finally:
+        backend.revert(token)
+
+
+def test_an_authorization_the_escrow_refuses_fails_the_payment(engine: SettlementEngine) -> None:
+    world = engine.deployment
+    terms = world.terms(AMOUNT, payer=world.other.address)  # never approved the escrow
+    signature = world.payer_signature(terms, world.other.account)
+    refused = engine.service.create("no-allowance", terms, AMOUNT, signature)
+    [accepted] = authorized_payments(engine, 1)  # in the same non-atomic batch
+
+    with engine.db.snapshot() as conn:
+        failed, ok = load(conn, refused.payment_id), load(conn, accepted)
+    assert failed is not None and failed.payment.status == "failed"
+    assert ok is not None and ok.payment.status == "requires_capture"
+    assert_books_match_chain(engine)
+
+
+def test_a_new_engine_over_the_same_database_and_chain_settles_what_was_left(
+    db_url: str,
+) -> None:
+    with EmbeddedBackend() as backend:
+        first = SettlementEngine(db_url, backend)
+        [payment_id] = authorized_payments(first, 1)
+        first.service.capture("cap", payment_id, AMOUNT, FEE_BPS)
+        first.close()  # stops before relaying the capture
+
+        second = SettlementEngine(db_url, backend, first.deployment)
+        try:
+            second.run_until_quiescent()
+            with second.db.snapshot() as conn:
+                current = load(conn, payment_id)
+            assert current is not None and current.payment.status == "succeeded"
+            assert_books_match_chain(second)
+        finally:
+            second.close()
+
+
+def test_an_event_another_writer_appended_is_folded_in_before_the_next(
+    engine: SettlementEngine,
+) -> None:
+    [payment_id] = authorized_payments(engine, 1)
+    engine.service.capture("cap", payment_id, AMOUNT, FEE_BPS)
+    flagged = Conflicted(payment_id=payment_id, at=engine.now(), reason="reconcile: test")
+    with engine.db.transaction() as conn:  # as reconciliation flags a payment
+        EventStore(engine.db).append(conn, payment_id, 2, [stored_form(flagged)])
+
+    engine.run_until_quiescent()
+
+    with engine.db.snapshot() as conn:
+        current = load(conn, payment_id)
+        stream = EventStore(engine.db).read(conn, payment_id)
+        assert EventStore(engine.db).verify(conn).ok
+    assert current is not None and current.payment.status == "conflicted"
+    assert current.version == len(stream) == 4  # requested, authorized, conflicted, conflicted
