@@ -348,6 +348,23 @@ def bind(w3: Web3, artifact_name: str, address: str) -> Contract:
     )
 
 
+# What the engine reads of any ERC-20 token: balances (e.g. the escrow's, to reconcile).
+ERC20_BALANCE_ABI: Final = (
+    {
+        "type": "function",
+        "name": "balanceOf",
+        "stateMutability": "view",
+        "inputs": [{"name": "account", "type": "address"}],
+        "outputs": [{"name": "", "type": "uint256"}],
+    },
+)
+
+
+def erc20(w3: Web3, address: str) -> Contract:
+    """Any ERC-20 token, for reading balances; no artifact of ours needed."""
+    return w3.eth.contract(address=to_checksum_address(address), abi=ERC20_BALANCE_ABI)
+
+
 def call_view(call: ContractFunction) -> Any:
     """A view call whose revert is decoded like a transaction's."""
     try:
@@ -369,6 +386,7 @@ __all__ = [
     "call_view",
     "encode_batch",
     "encode_record",
+    "erc20",
     "erc3009_auth",
     "legs_tuple",
     "permit_auth",

@@ -41,8 +41,7 @@ from web3.types import FilterParams, LogReceipt
 from engine.chain import escrow_events as chain
 from engine.chain.binding import check_binding
 from engine.chain.errors import ChainError
-from engine.chain.escrow import ESCROW_NAME, bind
-from engine.chain.localnet import STABLECOIN_NAME
+from engine.chain.escrow import ESCROW_NAME, bind, erc20
 from engine.domain.events import (
     REASON_LENGTH_MAX,
     Authorized,
@@ -282,8 +281,7 @@ def _chain_views(target: ChainTarget, hashes: Sequence[bytes], tokens: Sequence[
     batched into few HTTP requests where the provider speaks JSON-RPC."""
     escrow = target.contract()
     calls = [escrow.functions.payments(h) for h in hashes] + [
-        bind(target.w3, STABLECOIN_NAME, token).functions.balanceOf(target.escrow)
-        for token in tokens
+        erc20(target.w3, token).functions.balanceOf(target.escrow) for token in tokens
     ]
     if not isinstance(target.w3.provider, JSONBaseProvider):
         return [call.call() for call in calls]
