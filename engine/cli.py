@@ -252,6 +252,22 @@ def bench_chain(as_json: JsonFlag = False) -> None:
     raise typer.Exit(cmd_bench_chain(as_json))
 
 
+@bench_app.command("core")
+@user_errors
+def bench_core(
+    payments: Annotated[int, typer.Option("--payments", min=1)] = 1000,
+    db: Annotated[
+        str | None,
+        typer.Option("--db", help="PostgreSQL server URL (default: the local test server)."),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Payments per second settled end to end (authorize and capture posted), per backend."""
+    from engine.saga.bench_core import cmd_bench_core
+
+    raise typer.Exit(cmd_bench_core(as_json, payments, db))
+
+
 @app.command("gas-report")
 @user_errors
 def gas_report(as_json: JsonFlag = False) -> None:

@@ -9,6 +9,7 @@ a fee can never round down to zero by splitting a capture into small pieces.
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from eth_utils import to_checksum_address
 
@@ -39,11 +40,18 @@ def checksum_address(value: object, field: str) -> str:
     """
     if not isinstance(value, str) or not _ADDRESS.fullmatch(value):
         raise InvalidAddress(f"{field} must be a 0x-prefixed 20-byte hex address")
-    checksummed = to_checksum_address(value)
+    checksummed = _eip55(value)
     digits = value[2:]
     if digits != digits.lower() and digits != digits.upper() and value != checksummed:
         raise InvalidAddress(f"{field} has a wrong EIP-55 checksum")
     return checksummed
+
+
+@lru_cache(maxsize=4096)
+def _eip55(value: str) -> str:
+    """Remembered: EIP-55 hashes the address with keccak, and the same few parties' addresses
+    are checked again for every payment, event and ledger posting."""
+    return str(to_checksum_address(value))
 
 
 def check_amount(value: object, field: str, *, positive: bool) -> int:

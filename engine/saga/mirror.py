@@ -158,7 +158,9 @@ class ChainMirror:
         stored = self._events.append(conn, payment.id, current.version, [new])
         project(conn, current, [event], stored[-1].version)
         if entry is not None:
-            booked = self._ledger.record(conn, entry, at)
+            # A confirmed fact is booked posted in one write (as replay books it); only an
+            # entry recorded pending at an earlier stage still has to be posted.
+            booked = self._ledger.record(conn, entry, at, state=EntryState.POSTED)
             if booked.state is EntryState.PENDING:
                 self._ledger.post(conn, key, at)
         self._service.settle_command(conn, payment.id, event.kind)

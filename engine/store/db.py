@@ -31,6 +31,8 @@ _MIGRATION_LOCK_KEY = 0x736574746C650002
 
 # Execution option that marks a connection as a read-only snapshot (see Database.snapshot).
 _SNAPSHOT_OPTION = "settle_snapshot"
+# conn.info key: the transaction that holds the append lock (PostgreSQL).
+_APPEND_LOCK_HELD = "settle_append_lock_held"
 
 
 class UnsupportedDatabase(ValueError):
@@ -102,7 +104,14 @@ class Database:
         if conn.get_execution_options().get(_SNAPSHOT_OPTION):
             raise RuntimeError("appending needs Database.transaction(), not a snapshot")
         if self.dialect == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _APPEND_LOCK_KEY})
+            # Commands, the outbox and the event store each ask within one transaction; the
+            # lock is held until it ends, so one round trip per transaction is enough. One
+            # taken in a savepoint is not remembered: rolling the savepoint back releases it.
+            transaction = conn.get_transaction()
+            if transaction is None or conn.info.get(_APPEND_LOCK_HELD) is not transaction:
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _APPEND_LOCK_KEY})
+                if not conn.in_nested_transaction():
+                    conn.info[_APPEND_LOCK_HELD] = conn.get_transaction()
 
     def dispose(self) -> None:
         self.engine.dispose()

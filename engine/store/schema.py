@@ -554,3 +554,88 @@ payment_commands = Table(
     ),
     Index("ix_payment_commands_payment_id_status", "payment_id", "status"),
 )
+
+# sagas
+# A saga drives one payment through a flow (engine/saga/flows.py); its steps run one at a
+# time in `seq` order, each a payment command under a key derived from (saga, seq, attempt).
+SAGA_ID_LENGTH_MAX = 150
+SAGA_FLOW_LENGTH_MAX = 40
+SAGA_STATUSES = ("running", "compensating", "completed", "compensated", "manual_review")
+SAGA_STATUS_LENGTH_MAX = 20
+SAGA_OUTCOME_LENGTH_MAX = 40
+SAGA_STEP_ACTION_LENGTH_MAX = 20
+SAGA_STEP_ROLES = ("forward", "compensation")
+SAGA_STEP_ROLE_LENGTH_MAX = 20
+SAGA_STEP_STATUSES = ("pending", "submitted", "done", "failed", "canceled")
+SAGA_STEP_STATUS_LENGTH_MAX = 10
+SAGA_TIMER_NAME_LENGTH_MAX = 40
+SAGA_TIMER_STATUSES = ("pending", "fired", "canceled")
+SAGA_TIMER_STATUS_LENGTH_MAX = 10
+SAGA_SIGNAL_ID_LENGTH_MAX = 200
+SAGA_SIGNAL_NAME_LENGTH_MAX = 40
+
+
+def _one_of(values: tuple[str, ...], column: str) -> str:
+    return f"{column} IN (" + ", ".join(f"'{value}'" for value in values) + ")"
+
+
+sagas = Table(
+    "sagas",
+    metadata,
+    Column("id", String(SAGA_ID_LENGTH_MAX), primary_key=True),
+    Column("flow", String(SAGA_FLOW_LENGTH_MAX), nullable=False),
+    Column("status", String(SAGA_STATUS_LENGTH_MAX), nullable=False),
+    Column("outcome", String(SAGA_OUTCOME_LENGTH_MAX), nullable=True),
+    Column("payment_id", String(PAYMENT_ID_LENGTH_MAX), nullable=True),
+    Column("context", Text, nullable=False),  # canonical JSON the flow keeps between events
+    # The payment projection version the flow last looked at.
+    Column("observed_version", Integer, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    CheckConstraint(_one_of(SAGA_STATUSES, "status"), name="status_known"),
+    Index("ix_sagas_status", "status"),
+    Index("ix_sagas_payment_id", "payment_id"),
+)
+
+saga_steps = Table(
+    "saga_steps",
+    metadata,
+    Column("saga_id", String(SAGA_ID_LENGTH_MAX), primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("action", String(SAGA_STEP_ACTION_LENGTH_MAX), nullable=False),
+    Column("args", Text, nullable=False),  # canonical JSON of the command's arguments
+    Column("role", String(SAGA_STEP_ROLE_LENGTH_MAX), nullable=False),
+    Column("status", String(SAGA_STEP_STATUS_LENGTH_MAX), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("due_at", BigInteger, nullable=False),
+    Column("command_key", String(OUTBOX_KEY_LENGTH_MAX), nullable=True),
+    Column("error_code", String(ERROR_CODE_LENGTH_MAX), nullable=True),
+    Column("error", Text, nullable=True),
+    Column("updated_at", BigInteger, nullable=False),
+    CheckConstraint(_one_of(SAGA_STEP_ROLES, "role"), name="role_known"),
+    CheckConstraint(_one_of(SAGA_STEP_STATUSES, "status"), name="status_known"),
+    Index("ix_saga_steps_status_due_at", "status", "due_at"),
+)
+
+saga_timers = Table(
+    "saga_timers",
+    metadata,
+    Column("saga_id", String(SAGA_ID_LENGTH_MAX), primary_key=True),
+    Column("name", String(SAGA_TIMER_NAME_LENGTH_MAX), primary_key=True),
+    Column("due_at", BigInteger, nullable=False),
+    Column("status", String(SAGA_TIMER_STATUS_LENGTH_MAX), nullable=False),
+    CheckConstraint(_one_of(SAGA_TIMER_STATUSES, "status"), name="status_known"),
+    Index("ix_saga_timers_status_due_at", "status", "due_at"),
+)
+
+# Signals received from outside (a PSP webhook, a capture request) under the sender's id, so
+# the same signal delivered again is recognised and ignored.
+saga_signals = Table(
+    "saga_signals",
+    metadata,
+    Column("signal_id", String(SAGA_SIGNAL_ID_LENGTH_MAX), primary_key=True),
+    Column("saga_id", String(SAGA_ID_LENGTH_MAX), nullable=False),
+    Column("name", String(SAGA_SIGNAL_NAME_LENGTH_MAX), nullable=False),
+    Column("data", Text, nullable=False),
+    Column("received_at", BigInteger, nullable=False),
+)

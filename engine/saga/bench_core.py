@@ -1,0 +1,190 @@
+"""`settle bench core`: payments fully settled per second through the whole pipeline.
+
+A payment counts once its authorization and its capture are both posted in the ledger, having
+gone command → outbox → relay → tx manager → escrow → indexer → chain mirror. Every payment is
+created up front (a burst of checkouts); each is captured as soon as its authorization is
+posted, as a merchant capturing on request would. The clock runs from the first command to the
+last posted capture, so SQL bookkeeping, signing and the chain are all part of the price.
+
+posting_lag is the wall time from a capture command's acceptance to the step after which its
+ledger entry is seen posted: the loop looks once per engine step, so the figure is exact to one
+step. Terms and payer signatures are made before the clock starts: they are the payer's work.
+
+PostgreSQL runs in a fresh schema of the given server, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from sqlalchemy import create_engine, select, text
+
+from engine.chain.anvil import AnvilConfig
+from engine.chain.backends import AnvilBackend, ChainBackend, EmbeddedBackend
+from engine.chain.localnet import UNIT
+from engine.saga.engine import SettlementEngine
+from engine.store.db import normalise_url
+from engine.store.schema import ledger_entries
+
+PAYMENTS_DEFAULT: Final = 1000
+POSTGRES_URL_DEFAULT: Final = "postgresql://postgres@127.0.0.1:5432/test"
+AMOUNT: Final = UNIT
+FEE_BPS: Final = 50
+STEPS_MAX: Final = 100_000
+# Payments whose postings one query asks about: well inside every backend's parameter limit.
+QUERY_CHUNK: Final = 500
+
+
+class NotSettled(RuntimeError):
+    """The pipeline stopped with payments not fully settled: a bench figure would be a lie."""
+
+
+@dataclass(frozen=True)
+class CoreFigures:
+    payments: int
+    seconds: float
+    lags_s: tuple[float, ...]
+
+    @property
+    def payments_per_s(self) -> float:
+        return self.payments / self.seconds
+
+    @property
+    def posting_lag_p99_s(self) -> float:
+        ordered = sorted(self.lags_s)
+        return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "payments_per_s": round(self.payments_per_s, 1),
+            "posting_lag_p99_s": round(self.posting_lag_p99_s, 3),
+        }
+
+
+def settle_payments(engine: SettlementEngine, payments: int) -> CoreFigures:
+    """Create ``payments`` payments, capture each once authorized, until all are posted."""
+    assert payments > 0, payments
+    world = engine.deployment
+    service = engine.service
+    terms = [world.terms(AMOUNT) for _ in range(payments)]
+    signatures = [world.payer_signature(item) for item in terms]
+    started = time.perf_counter()
+    to_authorize: set[str] = set()
+    for index, (item, signature) in enumerate(zip(terms, signatures, strict=True)):
+        outcome = service.create(f"bench-create-{index}", item, AMOUNT, signature)
+        to_authorize.add(outcome.payment_id)
+    to_capture: dict[str, float] = {}
+    lags: list[float] = []
+    for _ in range(STEPS_MAX):
+        if not (to_authorize or to_capture):
+            break
+        engine.step()
+        authorized = _posted(engine, "authorized", to_authorize)
+        captured = _posted(engine, "captured", set(to_capture))
+        seen = time.perf_counter()
+        lags.extend(seen - to_capture.pop(payment_id) for payment_id in captured)
+        to_authorize -= authorized
+        for payment_id in sorted(authorized):
+            service.capture(f"bench-capture-{payment_id}", payment_id, AMOUNT, FEE_BPS)
+            to_capture[payment_id] = time.perf_counter()
+    else:
+        raise NotSettled(
+            f"{len(to_authorize)} not authorized, {len(to_capture)} not captured "
+            f"after {STEPS_MAX} steps"
+        )
+    return CoreFigures(payments, time.perf_counter() - started, tuple(lags))
+
+
+def _posted(engine: SettlementEngine, kind: str, payment_ids: set[str]) -> set[str]:
+    """Which of ``payment_ids`` have their ``kind`` entry posted."""
+    if not payment_ids:
+        return set()
+    ids = sorted(payment_ids)
+    c = ledger_entries.c
+    found: set[str] = set()
+    with engine.db.snapshot() as conn:
+        for start in range(0, len(ids), QUERY_CHUNK):
+            chunk = ids[start : start + QUERY_CHUNK]
+            rows = conn.execute(
+                select(c.payment_id).where(
+                    c.kind == kind, c.state == "posted", c.payment_id.in_(chunk)
+                )
+            )
+            found.update(str(row.payment_id) for row in rows)
+    return found
+
+
+def bench_backend(db_url: str, backend: ChainBackend, payments: int) -> CoreFigures:
+    engine = SettlementEngine(db_url, backend)
+    try:
+        return settle_payments(engine, payments)
+    finally:
+        engine.close()
+
+
+@contextmanager
+def fresh_schema(server_url: str) -> Iterator[str]:
+    """A URL into a new, uniquely named schema of ``server_url``, dropped on the way out."""
+    admin = create_engine(normalise_url(server_url), isolation_level="AUTOCOMMIT")
+    schema = f"bench_{uuid.uuid4().hex}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        scoped = admin.url.update_query_dict({"options": f"-csearch_path={schema}"})
+        try:
+            yield scoped.render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    finally:
+        admin.dispose()
+
+
+def bench_anvil_postgresql(server_url: str, payments: int) -> CoreFigures:
+    with fresh_schema(server_url) as url, AnvilBackend.launch(AnvilConfig()) as backend:
+        return bench_backend(url, backend, payments)
+
+
+def bench_embedded_sqlite(payments: int) -> CoreFigures:
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedBackend() as backend:
+        return bench_backend(f"sqlite:///{Path(tmp) / 'bench.db'}", backend, payments)
+
+
+Report = dict[str, dict[str, dict[str, float]]]
+
+
+def to_report(runs: Mapping[str, CoreFigures]) -> Report:
+    return {"backends": {name: figures.to_dict() for name, figures in runs.items()}}
+
+
+def measure(payments: int, db_url: str | None) -> Report:
+    """Both backends, one after the other (they would share the machine's two cores)."""
+    return to_report(
+        {
+            "anvil+postgresql": bench_anvil_postgresql(db_url or POSTGRES_URL_DEFAULT, payments),
+            "embedded+sqlite": bench_embedded_sqlite(payments),
+        }
+    )
+
+
+def cmd_bench_core(as_json: bool, payments: int, db_url: str | None) -> int:
+    """`settle bench core [--json] [--payments N] [--db POSTGRES_URL]`."""
+    result = measure(payments, db_url)
+    if as_json:
+        print(json.dumps(result))
+        return 0
+    for name, figures in result["backends"].items():
+        print(
+            f"{name:<18} {figures['payments_per_s']:>9.1f} payments/s   "
+            f"posting lag p99 {figures['posting_lag_p99_s']:.3f} s"
+        )
+    return 0

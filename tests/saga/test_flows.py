@@ -1,0 +1,273 @@
+"""Each saga flow end to end on the embedded EVM, through commands, relay, chain and mirror.
+
+The fixtures and ``settle`` here are shared with test_orchestrator.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import func, select
+
+from engine.chain.backends import EmbeddedBackend
+from engine.chain.escrow import terms_tuple
+from engine.chain.localnet import AUTHORIZATION_WINDOW_S, UNIT
+from engine.domain.payment import Payment
+from engine.saga.engine import SettlementEngine
+from engine.saga.flows import (
+    DEFAULT_EXPIRY,
+    EXPIRY_TIMER,
+    ExpiryPolicy,
+    PspEvent,
+    deliver,
+    psp_saga_id,
+    start_direct_checkout,
+    start_psp_bridged,
+)
+from engine.saga.orchestrator import Orchestrator, SignalRejected, TickReport
+from engine.store.projections import load
+from engine.store.schema import saga_steps, saga_timers, sagas
+
+AMOUNT = 100 * UNIT
+FEE_BPS = 50
+ROUNDS_MAX = 20
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[SettlementEngine]:
+    with EmbeddedBackend() as backend:
+        settlement = SettlementEngine(db_url, backend)
+        yield settlement
+        settlement.close()
+
+
+@pytest.fixture
+def orchestrator(engine: SettlementEngine) -> Orchestrator:
+    return Orchestrator(engine.db, engine.service, engine.now)
+
+
+def settle(engine: SettlementEngine, orchestrator: Orchestrator, now: int) -> TickReport:
+    """Tick and let the pipeline book the chain's answers until the sagas wait on nothing;
+    returns the sum of what the ticks did."""
+    total = TickReport()
+    for _ in range(ROUNDS_MAX):
+        engine.run_until_quiescent()
+        report = orchestrator.tick(now)
+        for name in vars(total):
+            setattr(total, name, getattr(total, name) + getattr(report, name))
+        if report.idle:
+            return total
+    raise AssertionError(f"sagas still busy after {ROUNDS_MAX} rounds")
+
+
+def checkout(
+    engine: SettlementEngine,
+    orchestrator: Orchestrator,
+    saga_id: str,
+    *,
+    auto_capture: bool = False,
+    fee_bps: int = FEE_BPS,
+    expiry: ExpiryPolicy = DEFAULT_EXPIRY,
+) -> int:
+    """Start a direct checkout; returns the terms' authorization expiry."""
+    world = engine.deployment
+    terms = world.terms(AMOUNT)
+    started = start_direct_checkout(
+        orchestrator,
+        saga_id,
+        terms,
+        AMOUNT,
+        world.payer_signature(terms),
+        fee_bps=fee_bps,
+        auto_capture=auto_capture,
+        expiry=expiry,
+        now=engine.now(),
+    )
+    assert started
+    return terms.authorization_expiry
+
+
+def payment_of(engine: SettlementEngine, saga_id: str) -> Payment:
+    with engine.db.snapshot() as conn:
+        payment_id = conn.execute(
+            select(sagas.c.payment_id).where(sagas.c.id == saga_id)
+        ).scalar_one()
+        found = load(conn, payment_id)
+    assert found is not None
+    return found.payment
+
+
+def books(payment: Payment) -> tuple[str, int, int]:
+    return str(payment.status), payment.captured, payment.refunded
+
+
+def steps_of(engine: SettlementEngine, saga_id: str) -> list[tuple[str, str, str]]:
+    s = saga_steps.c
+    with engine.db.snapshot() as conn:
+        rows = conn.execute(
+            select(s.action, s.role, s.status).where(s.saga_id == saga_id).order_by(s.seq)
+        ).all()
+    return [(str(action), str(role), str(status)) for action, role, status in rows]
+
+
+def test_direct_checkout_with_auto_capture_holds_then_captures(
+    engine: SettlementEngine, orchestrator: Orchestrator
+) -> None:
+    checkout(engine, orchestrator, "co-1", auto_capture=True)
+
+    settle(engine, orchestrator, engine.now())
+
+    assert orchestrator.status("co-1") == ("completed", "captured")
+    assert books(payment_of(engine, "co-1")) == ("succeeded", AMOUNT, 0)
+    assert steps_of(engine, "co-1") == [
+        ("create", "forward", "done"),
+        ("capture", "forward", "done"),
+    ]
+
+
+def test_direct_checkout_captures_on_request(
+    engine: SettlementEngine, orchestrator: Orchestrator
+) -> None:
+    checkout(engine, orchestrator, "co-1")
+    settle(engine, orchestrator, engine.now())
+    assert orchestrator.status("co-1") == ("running", None)
+    assert payment_of(engine, "co-1").status == "requires_capture"
+
+    assert orchestrator.signal("co-1", "req-1", "capture", {"amount": AMOUNT})
+    settle(engine, orchestrator, engine.now())
+
+    assert orchestrator.status("co-1") == ("completed", "captured")
+    assert books(payment_of(engine, "co-1")) == ("succeeded", AMOUNT, 0)
+
+
+def start_psp(engine: SettlementEngine, orchestrator: Orchestrator, ref: str) -> None:
+    world = engine.deployment
+    terms = world.terms(AMOUNT)
+    signature = world.payer_signature(terms)
+    assert start_psp_bridged(orchestrator, ref, terms, AMOUNT, signature, fee_bps=FEE_BPS)
+
+
+def test_psp_authorized_captured_then_charged_back_holds_captures_and_refunds(
+    engine: SettlementEngine, orchestrator: Orchestrator
+) -> None:
+    start_psp(engine, orchestrator, "pi_1")
+    saga = psp_saga_id("pi_1")
+
+    assert deliver(orchestrator, PspEvent("authorized", "evt_1", "pi_1", AMOUNT))
+    assert deliver(orchestrator, PspEvent("captured", "evt_2", "pi_1", AMOUNT))
+    settle(engine, orchestrator, engine.now())
+    assert orchestrator.status(saga) == ("completed", "captured")
+    assert books(payment_of(engine, saga)) == ("succeeded", AMOUNT, 0)
+
+    assert deliver(orchestrator, PspEvent("chargeback", "evt_3", "pi_1", AMOUNT // 4))
+    settle(engine, orchestrator, engine.now())
+
+    assert orchestrator.status(saga) == ("completed", "refunded")
+    assert books(payment_of(engine, saga)) == ("partially_refunded", AMOUNT, AMOUNT // 4)
+
+
+def test_a_psp_webhook_delivered_again_applies_once(
+    engine: SettlementEngine, orchestrator: Orchestrator
+) -> None:
+    start_psp(engine, orchestrator, "pi_1")
+    saga = psp_saga_id("pi_1")
+    captured = PspEvent("captured", "evt_2", "pi_1", AMOUNT // 2)
+
+    assert deliver(orchestrator, PspEvent("authorized", "evt_1", "pi_1", AMOUNT))
+    assert deliver(orchestrator, captured)
+    assert not deliver(orchestrator, PspEvent("authorized", "evt_1", "pi_1", AMOUNT))
+    settle(engine, orchestrator, engine.now())
+    assert not deliver(orchestrator, captured)
+    settle(engine, orchestrator, engine.now())
+
+    assert [action for action, _, _ in steps_of(engine, saga)] == ["create", "capture"]
+    assert books(payment_of(engine, saga)) == ("partially_captured", AMOUNT // 2, 0)
+
+
+def test_a_psp_capture_before_its_authorization_is_rejected_until_redelivered(
+    engine: SettlementEngine, orchestrator: Orchestrator
+) -> None:
+    start_psp(engine, orchestrator, "pi_1")
+    captured = PspEvent("captured", "evt_2", "pi_1", AMOUNT)
+
+    with pytest.raises(SignalRejected):
+        deliver(orchestrator, captured)
+    assert deliver(orchestrator, PspEvent("authorized", "evt_1", "pi_1", AMOUNT))
+    assert deliver(orchestrator, captured)
+    settle(engine, orchestrator, engine.now())
+
+    assert orchestrator.status(psp_saga_id("pi_1")) == ("completed", "captured")
+
+
+def test_psp_failure_after_authorization_voids_the_hold(
+    engine: SettlementEngine, orchestrator: Orchestrator
+) -> None:
+    start_psp(engine, orchestrator, "pi_1")
+    saga = psp_saga_id("pi_1")
+
+    deliver(orchestrator, PspEvent("authorized", "evt_1", "pi_1", AMOUNT))
+    deliver(orchestrator, PspEvent("failed", "evt_2", "pi_1"))
+    settle(engine, orchestrator, engine.now())
+
+    assert orchestrator.status(saga) == ("completed", "voided")
+    assert payment_of(engine, saga).status == "canceled"
+    world = engine.deployment
+    assert world.balance(world.escrow.address) == 0
+
+
+def test_psp_cancellation_before_authorization_ends_without_touching_the_chain(
+    engine: SettlementEngine, orchestrator: Orchestrator
+) -> None:
+    start_psp(engine, orchestrator, "pi_1")
+
+    deliver(orchestrator, PspEvent("canceled", "evt_1", "pi_1"))
+    settle(engine, orchestrator, engine.now())
+
+    assert orchestrator.status(psp_saga_id("pi_1")) == ("completed", "canceled")
+    assert steps_of(engine, psp_saga_id("pi_1")) == []
+
+
+def test_an_uncaptured_hold_is_voided_before_its_authorization_expires(
+    engine: SettlementEngine, orchestrator: Orchestrator
+) -> None:
+    expiry = checkout(engine, orchestrator, "co-1", expiry=ExpiryPolicy(void_margin_s=3600))
+    settle(engine, orchestrator, engine.now())
+    settle(engine, orchestrator, expiry - 3601)
+    assert payment_of(engine, "co-1").status == "requires_capture"
+
+    settle(engine, orchestrator, expiry - 3600)
+
+    assert orchestrator.status("co-1") == ("completed", "voided")
+    assert payment_of(engine, "co-1").status == "canceled"
+
+
+def test_a_payer_reclaim_after_expiry_is_booked_and_completes_the_saga(
+    engine: SettlementEngine, orchestrator: Orchestrator
+) -> None:
+    world = engine.deployment
+    checkout(engine, orchestrator, "co-1", expiry=ExpiryPolicy(void_margin_s=None))
+    settle(engine, orchestrator, engine.now())
+    with engine.db.snapshot() as conn:
+        timers = conn.execute(select(func.count()).select_from(saga_timers)).scalar_one()
+    assert timers == 0
+    terms = payment_of(engine, "co-1").terms
+
+    engine.backend.increase_time(AUTHORIZATION_WINDOW_S + 1)
+    engine.backend.mine()
+    world.payer.send(world.escrow.functions.reclaim(terms_tuple(terms)))
+    settle(engine, orchestrator, engine.now())
+
+    assert orchestrator.status("co-1") == ("completed", "reclaimed")
+    assert payment_of(engine, "co-1").status == "expired"
+
+
+def test_the_expiry_timer_is_named_once_per_saga(
+    engine: SettlementEngine, orchestrator: Orchestrator
+) -> None:
+    checkout(engine, orchestrator, "co-1")
+
+    with engine.db.snapshot() as conn:
+        names = conn.execute(select(saga_timers.c.name)).scalars().all()
+
+    assert names == [EXPIRY_TIMER]
