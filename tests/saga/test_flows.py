@@ -1,114 +1,35 @@
 """Each saga flow end to end on the embedded EVM, through commands, relay, chain and mirror.
 
-The fixtures and ``settle`` here are shared with test_orchestrator.py.
+Fixtures are in conftest.py; shared helpers in saga_support.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from sqlalchemy import func, select
 
-from engine.chain.backends import EmbeddedBackend
 from engine.chain.escrow import terms_tuple
-from engine.chain.localnet import AUTHORIZATION_WINDOW_S, UNIT
-from engine.domain.payment import Payment
+from engine.chain.localnet import AUTHORIZATION_WINDOW_S
 from engine.saga.engine import SettlementEngine
 from engine.saga.flows import (
-    DEFAULT_EXPIRY,
     EXPIRY_TIMER,
     ExpiryPolicy,
     PspEvent,
     deliver,
     psp_saga_id,
-    start_direct_checkout,
     start_psp_bridged,
 )
-from engine.saga.orchestrator import Orchestrator, SignalRejected, TickReport
-from engine.store.projections import load
-from engine.store.schema import saga_steps, saga_timers, sagas
-
-AMOUNT = 100 * UNIT
-FEE_BPS = 50
-ROUNDS_MAX = 20
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[SettlementEngine]:
-    with EmbeddedBackend() as backend:
-        settlement = SettlementEngine(db_url, backend)
-        yield settlement
-        settlement.close()
-
-
-@pytest.fixture
-def orchestrator(engine: SettlementEngine) -> Orchestrator:
-    return Orchestrator(engine.db, engine.service, engine.now)
-
-
-def settle(engine: SettlementEngine, orchestrator: Orchestrator, now: int) -> TickReport:
-    """Tick and let the pipeline book the chain's answers until the sagas wait on nothing;
-    returns the sum of what the ticks did."""
-    total = TickReport()
-    for _ in range(ROUNDS_MAX):
-        engine.run_until_quiescent()
-        report = orchestrator.tick(now)
-        for name in vars(total):
-            setattr(total, name, getattr(total, name) + getattr(report, name))
-        if report.idle:
-            return total
-    raise AssertionError(f"sagas still busy after {ROUNDS_MAX} rounds")
-
-
-def checkout(
-    engine: SettlementEngine,
-    orchestrator: Orchestrator,
-    saga_id: str,
-    *,
-    auto_capture: bool = False,
-    fee_bps: int = FEE_BPS,
-    expiry: ExpiryPolicy = DEFAULT_EXPIRY,
-) -> int:
-    """Start a direct checkout; returns the terms' authorization expiry."""
-    world = engine.deployment
-    terms = world.terms(AMOUNT)
-    started = start_direct_checkout(
-        orchestrator,
-        saga_id,
-        terms,
-        AMOUNT,
-        world.payer_signature(terms),
-        fee_bps=fee_bps,
-        auto_capture=auto_capture,
-        expiry=expiry,
-        now=engine.now(),
-    )
-    assert started
-    return terms.authorization_expiry
-
-
-def payment_of(engine: SettlementEngine, saga_id: str) -> Payment:
-    with engine.db.snapshot() as conn:
-        payment_id = conn.execute(
-            select(sagas.c.payment_id).where(sagas.c.id == saga_id)
-        ).scalar_one()
-        found = load(conn, payment_id)
-    assert found is not None
-    return found.payment
-
-
-def books(payment: Payment) -> tuple[str, int, int]:
-    return str(payment.status), payment.captured, payment.refunded
-
-
-def steps_of(engine: SettlementEngine, saga_id: str) -> list[tuple[str, str, str]]:
-    s = saga_steps.c
-    with engine.db.snapshot() as conn:
-        rows = conn.execute(
-            select(s.action, s.role, s.status).where(s.saga_id == saga_id).order_by(s.seq)
-        ).all()
-    return [(str(action), str(role), str(status)) for action, role, status in rows]
+from engine.saga.orchestrator import Orchestrator, SignalRejected
+from engine.store.schema import saga_timers
+from tests.saga.saga_support import (
+    AMOUNT,
+    FEE_BPS,
+    books,
+    checkout,
+    payment_of,
+    settle,
+    steps_of,
+)
 
 
 def test_direct_checkout_with_auto_capture_holds_then_captures(

@@ -14,19 +14,15 @@ from engine.saga.engine import SettlementEngine
 from engine.saga.flows import start_direct_checkout
 from engine.saga.orchestrator import Orchestrator, RetryPolicy
 from engine.store.schema import saga_steps, saga_timers
-from tests.saga.test_flows import (
+from tests.saga.saga_support import (
     AMOUNT,
     FEE_BPS,
     books,
     checkout,
-    engine,
-    orchestrator,
     payment_of,
     settle,
     steps_of,
 )
-
-__all__ = ["engine", "orchestrator"]  # fixtures shared with test_flows.py
 
 POLICY = RetryPolicy(attempts_max=4, backoff_base_s=10, backoff_max_s=60)
 

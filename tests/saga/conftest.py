@@ -1,0 +1,24 @@
+"""Fixtures of the saga tests: a settlement engine on the embedded EVM and its orchestrator."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from engine.chain.backends import EmbeddedBackend
+from engine.saga.engine import SettlementEngine
+from engine.saga.orchestrator import Orchestrator
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[SettlementEngine]:
+    with EmbeddedBackend() as backend:
+        settlement = SettlementEngine(db_url, backend)
+        yield settlement
+        settlement.close()
+
+
+@pytest.fixture
+def orchestrator(engine: SettlementEngine) -> Orchestrator:
+    return Orchestrator(engine.db, engine.service, engine.now)
