@@ -175,6 +175,7 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
     error EmptyBatch();
     error MalformedBatch(uint256 offset);
     error BatchTooLarge(uint256 size, uint256 max);
+    error BatchOutOfGas(uint256 index);
     error OnlySelf();
     error NothingToWithdraw(address token, address account);
     error FundingNotApproved(address merchant, address spender);
@@ -342,8 +343,10 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
      *   refundExpiry u48 | minFeeBps u16 | maxFeeBps u16 | feeReceiver, operator (20 bytes each) |
      *   salt u256 | dataLength u16 | data (dataLength bytes; see {Record})
      * Caller: OPERATOR_ROLE, and terms.operator of every operation.
-     * Reverts with EmptyBatch, BatchTooLarge, MalformedBatch, or (atomic) any error of the operations
-     * (a record whose `data` is not valid ABI for its kind fails with empty revert data).
+     * Reverts with EmptyBatch, BatchTooLarge, MalformedBatch, BatchOutOfGas (non-atomic: operation
+     * `index` ran out of the gas the call was given, so gas estimates find the limit that applies
+     * every operation), or (atomic) any error of the operations (a record whose `data` is not
+     * valid ABI for its kind fails with empty revert data).
      */
     function settleBatch(bytes calldata ops, bool atomic) external nonReentrant onlyRole(OPERATOR_ROLE) {
         if (ops.length == 0) revert EmptyBatch();
@@ -355,8 +358,13 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
             if (atomic) {
                 _apply(r, data, msg.sender);
             } else {
+                uint256 gasBefore = gasleft();
                 try this.applyIsolated(ops[at:next], msg.sender) {}
                 catch (bytes memory reason) {
+                    // A call starved of gas leaves this frame at most 1/64 of it. Its failure
+                    // says nothing about the operation, so the whole batch reverts rather than
+                    // log it as refused; a retry with a higher gas limit then applies it.
+                    if (gasleft() <= gasBefore / 64) revert BatchOutOfGas(index);
                     emit OperationFailed(_paymentId(r.terms), index, reason);
                 }
             }

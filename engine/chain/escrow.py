@@ -28,7 +28,7 @@ from engine.chain.compiler import load_artifact
 from engine.chain.errors import ChainError
 from engine.chain.reverts import ContractReverted, decode_revert, revert_data
 from engine.domain.ids import PaymentTerms
-from engine.domain.money import Leg
+from engine.domain.money import EXTRA_LEGS_MAX, Leg
 
 ESCROW_NAME: Final = "SettlementEscrow"
 GAS_SAFETY_PERCENT: Final = (
@@ -161,6 +161,40 @@ def encode_record(op: BatchOp) -> bytes:
 
 def encode_batch(ops: Iterable[BatchOp]) -> bytes:
     return b"".join(encode_record(op) for op in ops)
+
+
+# Upper bounds of what one operation of a non-atomic batch costs, isolating call included, in
+# the worst case the escrow allows: first-time token balances for every recipient, a cold
+# payer, the most extra legs (each leg adds `_LEG_GAS_BOUND`). Measured costs are well below
+# (tests/chain/test_batch_gas_bound.py holds them to it); calldata is counted separately.
+_OP_GAS_BOUND: Final = {
+    Kind.AUTHORIZE: 160_000,
+    Kind.CHARGE: 260_000,
+    Kind.CAPTURE: 120_000,
+    Kind.VOID: 90_000,
+    Kind.REFUND: 140_000,
+}
+_LEG_GAS_BOUND: Final = 40_000
+_BATCH_GAS_BASE: Final = 60_000  # the transaction, the batch frame and the netted payouts' loop
+_CALLDATA_GAS_PER_BYTE: Final = 16
+
+
+def batch_gas_limit(ops: Sequence[BatchOp]) -> int:
+    """A gas limit that applies every operation of a non-atomic batch, with no estimate.
+
+    Estimating a batch costs the node several executions of it, more than the batch itself;
+    for a batch of known kinds a bound serves as well. Gas not used is not paid for. Should a
+    bound ever fall short, the escrow reverts the batch with ``BatchOutOfGas`` instead of
+    logging the starved operation as refused, and the caller can estimate and retry.
+    """
+    gas = _BATCH_GAS_BASE
+    for op in ops:
+        legs = 0
+        if op.kind in (Kind.CAPTURE, Kind.CHARGE) and op.data:
+            legs = EXTRA_LEGS_MAX
+        gas += _OP_GAS_BOUND[op.kind] + legs * _LEG_GAS_BOUND
+        gas += _CALLDATA_GAS_PER_BYTE * len(encode_record(op))
+    return min(gas, GAS_LIMIT_MAX)
 
 
 def sign_payment(payer: LocalAccount, payment_hash: bytes) -> bytes:

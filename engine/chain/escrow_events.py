@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, ClassVar, Final, TypeAlias
 
 from eth_abi import decode
@@ -27,6 +27,8 @@ from engine.chain.reverts import ContractReverted, decode_revert
 from engine.domain.ids import PaymentTerms
 
 TOPIC_BYTES: Final = 32
+# Logs one process keeps decoded: a few polls' worth.
+_DECODED_CACHE_SIZE: Final = 8_192
 # The internal types the ABI gives the escrow's struct and enum; each decodes to our own type.
 _TERMS_TYPE: Final = "struct SettlementEscrow.PaymentTerms"
 _METHOD_TYPE: Final = "enum SettlementEscrow.Method"
@@ -195,7 +197,15 @@ def event_name(event: EscrowEvent) -> str:
 
 
 def decode_event(topics: Sequence[bytes], data: bytes) -> EscrowEvent:
-    """The typed event of one escrow log, from its raw topics and data."""
+    """The typed event of one escrow log, from its raw topics and data.
+
+    The indexer decodes a log when it stores it and again when it hands it out, mostly within
+    one poll; the events are immutable, so the second decode is answered from a cache."""
+    return _decode_event(tuple(bytes(topic) for topic in topics), bytes(data))
+
+
+@lru_cache(maxsize=_DECODED_CACHE_SIZE)
+def _decode_event(topics: tuple[bytes, ...], data: bytes) -> EscrowEvent:
     if not topics:
         raise UnknownEscrowEvent("a log without topics is no escrow payment event")
     layout = _layouts().get(bytes(topics[0]))

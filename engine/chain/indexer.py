@@ -31,7 +31,7 @@ from enum import StrEnum
 from typing import Any, ClassVar, Final, NamedTuple, cast
 
 from eth_utils import to_checksum_address
-from sqlalchemy import Connection, Row, delete, insert, select, update
+from sqlalchemy import Connection, Row, delete, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from web3 import Web3
 from web3.exceptions import BlockNotFound
@@ -65,6 +65,8 @@ HEADERS_PER_REQUEST_MAX: Final = 100
 BLOCKS_PER_POLL_LIMIT: Final = 10_000
 REORG_DEPTH_MAX_DEFAULT: Final = 128
 NOTICES_PER_POLL_MAX_DEFAULT: Final = 1_000
+# Deliveries one dedupe look-up binds (four parameters each): inside every backend's limit.
+_DELIVERIES_PER_QUERY_MAX: Final = 500
 
 
 class LogStage(StrEnum):
@@ -567,22 +569,49 @@ class NoticeDedupe:
 
     def first_delivery(self, conn: Connection, notice: LogNotice) -> bool:
         """Record the notice as applied; False if this consumer had applied it already."""
-        key = {
-            "consumer": self.consumer,
-            "stage": notice.stage.value,
-            "block_hash": notice.log.block_hash,
-            "tx_hash": notice.log.tx_hash,
-            "log_index": notice.log.log_index,
-        }
-        seen = conn.execute(
-            select(indexer_deliveries.c.consumer).where(
-                *(indexer_deliveries.c[column] == value for column, value in key.items())
+        return self.first_deliveries(conn, [notice])[0]
+
+    def first_deliveries(self, conn: Connection, notices: Sequence[LogNotice]) -> list[bool]:
+        """``first_delivery`` for a poll's notices in one look-up and one insert; a notice
+        repeated within ``notices`` counts as delivered at its first place."""
+        keys = [_delivery_key(notice) for notice in notices]
+        d = indexer_deliveries.c
+        seen: set[tuple[str, bytes, bytes, int]] = set()
+        unique = sorted(set(keys))
+        for first in range(0, len(unique), _DELIVERIES_PER_QUERY_MAX):
+            chunk = unique[first : first + _DELIVERIES_PER_QUERY_MAX]
+            rows = conn.execute(
+                select(d.stage, d.block_hash, d.tx_hash, d.log_index).where(
+                    d.consumer == self.consumer,
+                    tuple_(d.stage, d.block_hash, d.tx_hash, d.log_index).in_(chunk),
+                )
             )
-        ).first()
-        if seen is not None:
-            return False
-        conn.execute(insert(indexer_deliveries).values(**key))
-        return True
+            seen.update((r.stage, bytes(r.block_hash), bytes(r.tx_hash), r.log_index) for r in rows)
+        fresh: list[bool] = []
+        rows_to_insert: list[dict[str, object]] = []
+        for key in keys:
+            first_time = key not in seen
+            fresh.append(first_time)
+            if first_time:
+                seen.add(key)
+                stage, block_hash, tx_hash, log_index = key
+                rows_to_insert.append(
+                    {
+                        "consumer": self.consumer,
+                        "stage": stage,
+                        "block_hash": block_hash,
+                        "tx_hash": tx_hash,
+                        "log_index": log_index,
+                    }
+                )
+        if rows_to_insert:
+            conn.execute(insert(indexer_deliveries), rows_to_insert)
+        return fresh
+
+
+def _delivery_key(notice: LogNotice) -> tuple[str, bytes, bytes, int]:
+    log = notice.log
+    return notice.stage.value, log.block_hash, log.tx_hash, log.log_index
 
 
 def _header(block: BlockData) -> _Header:

@@ -31,6 +31,7 @@ from sqlalchemy import create_engine, select, text
 from engine.chain.anvil import AnvilConfig
 from engine.chain.backends import AnvilBackend, ChainBackend, EmbeddedBackend
 from engine.chain.localnet import UNIT
+from engine.saga.commands import Capture, CommandOutcome, Create, Refusal
 from engine.saga.engine import SettlementEngine
 from engine.store.db import normalise_url
 from engine.store.schema import ledger_entries
@@ -40,6 +41,8 @@ POSTGRES_URL_DEFAULT: Final = "postgresql://postgres@127.0.0.1:5432/test"
 AMOUNT: Final = UNIT
 FEE_BPS: Final = 50
 STEPS_MAX: Final = 100_000
+# Commands one call carries, as a merchant's batch request or the API's grouped commits would.
+COMMANDS_PER_BATCH: Final = 500
 # Payments whose postings one query asks about: well inside every backend's parameter limit.
 QUERY_CHUNK: Final = 500
 
@@ -79,9 +82,12 @@ def settle_payments(engine: SettlementEngine, payments: int) -> CoreFigures:
     signatures = [world.payer_signature(item) for item in terms]
     started = time.perf_counter()
     to_authorize: set[str] = set()
-    for index, (item, signature) in enumerate(zip(terms, signatures, strict=True)):
-        outcome = service.create(f"bench-create-{index}", item, AMOUNT, signature)
-        to_authorize.add(outcome.payment_id)
+    creates = [
+        Create(f"bench-create-{index}", item, AMOUNT, signature)
+        for index, (item, signature) in enumerate(zip(terms, signatures, strict=True))
+    ]
+    for first in range(0, len(creates), COMMANDS_PER_BATCH):
+        to_authorize.update(_accepted(service.execute(creates[first : first + COMMANDS_PER_BATCH])))
     to_capture: dict[str, float] = {}
     lags: list[float] = []
     for _ in range(STEPS_MAX):
@@ -93,15 +99,28 @@ def settle_payments(engine: SettlementEngine, payments: int) -> CoreFigures:
         seen = time.perf_counter()
         lags.extend(seen - to_capture.pop(payment_id) for payment_id in captured)
         to_authorize -= authorized
-        for payment_id in sorted(authorized):
-            service.capture(f"bench-capture-{payment_id}", payment_id, AMOUNT, FEE_BPS)
-            to_capture[payment_id] = time.perf_counter()
+        captures = [
+            Capture(f"bench-capture-{payment_id}", payment_id, AMOUNT, FEE_BPS)
+            for payment_id in sorted(authorized)
+        ]
+        for first in range(0, len(captures), COMMANDS_PER_BATCH):
+            accepted = _accepted(service.execute(captures[first : first + COMMANDS_PER_BATCH]))
+            at = time.perf_counter()
+            to_capture.update(dict.fromkeys(accepted, at))
     else:
         raise NotSettled(
             f"{len(to_authorize)} not authorized, {len(to_capture)} not captured "
             f"after {STEPS_MAX} steps"
         )
     return CoreFigures(payments, time.perf_counter() - started, tuple(lags))
+
+
+def _accepted(results: list[CommandOutcome | Refusal]) -> list[str]:
+    """The payments of accepted commands; a refusal here is a bug, not a figure."""
+    refused = [result for result in results if not isinstance(result, CommandOutcome)]
+    if refused:
+        raise NotSettled(f"{len(refused)} commands refused, the first: {refused[0]}")
+    return [result.payment_id for result in results if isinstance(result, CommandOutcome)]
 
 
 def _posted(engine: SettlementEngine, kind: str, payment_ids: set[str]) -> set[str]:

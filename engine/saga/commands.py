@@ -18,29 +18,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar, TypeAlias
 
-from sqlalchemy import Connection, Row, insert, select, update
+from sqlalchemy import Connection, select
 
+from engine.domain.errors import DomainError
 from engine.domain.events import Failed, PaymentRequested
 from engine.domain.ids import IdPrefix, PaymentTerms, new_id
 from engine.domain.payment import decide_capture, decide_refund, decide_request, decide_void
+from engine.saga.payment_batch import CommandRow, PaymentBatch
 from engine.store.db import Database
-from engine.store.event_store import EventStore, Json, canonical_json
-from engine.store.outbox import Outbox
-from engine.store.projections import (
-    ProjectedPayment,
-    caught_up,
-    load,
-    project,
-    project_new,
-    stored_form,
-)
+from engine.store.event_store import Json, canonical_json
+from engine.store.outbox import NewOperation, Outbox
+from engine.store.projections import ProjectedPayment
 from engine.store.schema import payment_commands
 
 IDEMPOTENCY_KEY_LENGTH_MAX = 150
+# Keys one look-up binds: inside every backend's parameter limit.
+_KEYS_PER_QUERY_MAX = 500
 _OP_KIND = {"create": "authorize", "capture": "capture", "void": "void", "refund": "refund"}
 # The chain fact that completes each command.
 COMPLETING_EVENT = {
@@ -99,6 +96,42 @@ def op_id_for(idempotency_key: str) -> str:
     return "op_" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:40]
 
 
+@dataclass(frozen=True, slots=True)
+class Create:
+    """Request a payment and owe the escrow its authorization (signed by the payer)."""
+
+    key: str
+    terms: PaymentTerms
+    amount: int
+    authorization: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Capture:
+    key: str
+    payment_id: str
+    amount: int
+    fee_bps: int
+
+
+@dataclass(frozen=True, slots=True)
+class Void:
+    key: str
+    payment_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refund:
+    key: str
+    payment_id: str
+    amount: int
+
+
+Command: TypeAlias = Create | Capture | Void | Refund
+# What a command in a batch may get instead of an outcome; it wrote nothing.
+Refusal: TypeAlias = CommandError | DomainError
+
+
 class PaymentService:
     """The write side of payments against one escrow (``chain_id``, ``escrow``)."""
 
@@ -107,162 +140,200 @@ class PaymentService:
         self._chain_id = chain_id
         self._escrow = escrow
         self._clock = clock
-        self._events = EventStore(db)
         self._outbox = Outbox(db)
 
     def create(
         self, key: str, terms: PaymentTerms, amount: int, authorization: bytes
     ) -> CommandOutcome:
-        """Request a payment and owe the escrow its authorization (signed by the payer)."""
-        request: dict[str, Json] = {
-            "terms": dict(terms.to_dict()),
-            "amount": amount,
-            "authorization": "0x" + authorization.hex(),
-        }
-        with self._db.transaction() as conn:
-            earlier = self._begin(conn, key, "create", request)
-            if earlier is not None:
-                return earlier
-            now = self._clock()
-            payment_id = new_id(IdPrefix.PAYMENT)
-            [requested] = decide_request(payment_id, terms, amount, now)
-            assert isinstance(requested, PaymentRequested)
-            stored = self._events.append(conn, payment_id, 0, [stored_form(requested)])
-            chain_id = terms.payment_hash(self._chain_id, self._escrow)
-            project_new(conn, requested, chain_id, stored[-1].version)
-            payload = {"seq": 0, **request}
-            return self._accept(conn, key, "create", request, payment_id, payload, now)
+        return self._one(Create(key, terms, amount, authorization))
 
     def capture(self, key: str, payment_id: str, amount: int, fee_bps: int) -> CommandOutcome:
-        request: dict[str, Json] = {"payment_id": payment_id, "amount": amount, "fee_bps": fee_bps}
-        with self._db.transaction() as conn:
-            earlier = self._begin(conn, key, "capture", request)
-            if earlier is not None:
-                return earlier
-            current, now = self._current(conn, payment_id)
-            decide_capture(current.payment, amount, now, fee_bps=fee_bps)
-            payload = {**_op_base(current), "amount": amount, "fee_bps": fee_bps}
-            return self._accept(conn, key, "capture", request, payment_id, payload, now)
+        return self._one(Capture(key, payment_id, amount, fee_bps))
 
     def void(self, key: str, payment_id: str) -> CommandOutcome:
-        request: dict[str, Json] = {"payment_id": payment_id}
-        with self._db.transaction() as conn:
-            earlier = self._begin(conn, key, "void", request)
-            if earlier is not None:
-                return earlier
-            current, now = self._current(conn, payment_id)
-            [voided] = decide_void(current.payment, now)
-            payload = {**_op_base(current), "amount": current.payment.capturable}
-            assert voided.kind == "voided"
-            return self._accept(conn, key, "void", request, payment_id, payload, now)
+        return self._one(Void(key, payment_id))
 
     def refund(self, key: str, payment_id: str, amount: int) -> CommandOutcome:
-        request: dict[str, Json] = {"payment_id": payment_id, "amount": amount}
+        return self._one(Refund(key, payment_id, amount))
+
+    def execute(self, commands: Sequence[Command]) -> list[CommandOutcome | Refusal]:
+        """Decide ``commands`` in order, each on its own, and commit the accepted ones in one
+        SQL transaction: a batch costs a handful of statements however many it holds.
+
+        A refused command gets its error in its place and writes nothing; a later command of
+        the batch sees the earlier accepted ones (a second command on one payment is a
+        conflict, a repeated key returns the first outcome).
+        """
+        if not commands:
+            return []
         with self._db.transaction() as conn:
-            earlier = self._begin(conn, key, "refund", request)
-            if earlier is not None:
-                return earlier
-            current, now = self._current(conn, payment_id)
-            decide_refund(current.payment, amount, now)
-            payload = {**_op_base(current), "amount": amount}
-            return self._accept(conn, key, "refund", request, payment_id, payload, now)
-
-    # ── hooks for the relay and the mirror, in their transactions ───────────────────────
-
-    def settle_command(self, conn: Connection, payment_id: str, event_kind: str) -> None:
-        """Mark the payment's command in flight applied when ``event_kind`` completes it."""
-        row = _in_flight(conn, payment_id)
-        if row is not None and COMPLETING_EVENT[row.kind] == event_kind:
-            _set_status(conn, row.idempotency_key, "applied", None)
-
-    def fail_command(self, conn: Connection, payment_id: str, reason: str, at: int) -> str | None:
-        """The payment's command in flight will never reach the chain: free the payment, and
-        fail a payment whose authorization was refused. Returns the failed command's kind."""
-        row = _in_flight(conn, payment_id)
-        if row is None:
-            return None
-        _set_status(conn, row.idempotency_key, "failed", reason[:2000])
-        found = load(conn, payment_id)
-        current = None if found is None else caught_up(conn, self._events, found)
-        if row.kind == "create" and current is not None and current.payment.authorized == 0:
-            failed = Failed(payment_id=payment_id, at=at, reason=reason[:200] or "failed")
-            stored = self._events.append(conn, payment_id, current.version, [stored_form(failed)])
-            project(conn, current, [failed], stored[-1].version)
-        return str(row.kind)
+            batch = PaymentBatch(
+                conn,
+                self._db,
+                payment_ids={c.payment_id for c in commands if not isinstance(c, Create)},
+            )
+            earlier = _earlier(conn, [c.key for c in commands if _valid_key(c.key)])
+            now = self._clock()
+            operations: list[NewOperation] = []
+            results: list[CommandOutcome | Refusal] = []
+            for command in commands:
+                try:
+                    results.append(self._decide(batch, earlier, command, now, operations))
+                except (CommandError, DomainError) as refusal:
+                    results.append(refusal)
+            batch.flush()
+            if operations:
+                self._outbox.enqueue_many(conn, operations, now)
+        return results
 
     # ── internals ─────────────────────────────────────────────────────────────────────
 
-    def _begin(
-        self, conn: Connection, key: str, kind: str, request: Mapping[str, Json]
-    ) -> CommandOutcome | None:
-        if not isinstance(key, str) or not 1 <= len(key) <= IDEMPOTENCY_KEY_LENGTH_MAX:
+    def _one(self, command: Command) -> CommandOutcome:
+        [result] = self.execute([command])
+        if isinstance(result, CommandOutcome):
+            return result
+        raise result
+
+    def _decide(
+        self,
+        batch: PaymentBatch,
+        earlier: dict[str, _Earlier],
+        command: Command,
+        now: int,
+        operations: list[NewOperation],
+    ) -> CommandOutcome:
+        kind, request = _request(command)
+        if not _valid_key(command.key):
             raise InvalidIdempotencyKey(
                 f"an idempotency key is 1 to {IDEMPOTENCY_KEY_LENGTH_MAX} characters"
             )
-        self._db.lock_for_append(conn)
-        row = conn.execute(
-            select(payment_commands).where(payment_commands.c.idempotency_key == key)
-        ).one_or_none()
-        if row is None:
-            return None
-        if (row.kind, row.request) != (kind, canonical_json(dict(request))):
-            raise IdempotencyKeyReused(key)
-        outcome = json.loads(row.outcome)
-        return CommandOutcome(outcome["payment_id"], outcome["command"], outcome["op_id"])
-
-    def _current(self, conn: Connection, payment_id: str) -> tuple[ProjectedPayment, int]:
-        found = load(conn, payment_id) if isinstance(payment_id, str) else None
-        if found is None:
-            raise UnknownPayment(str(payment_id))
-        current = caught_up(conn, self._events, found)
-        busy = _in_flight(conn, payment_id)
-        if busy is not None:
-            raise CommandConflict(
-                f"payment {payment_id} has a {busy.kind} command on its way to the chain"
-            )
-        return current, self._clock()
-
-    def _accept(
-        self,
-        conn: Connection,
-        key: str,
-        kind: str,
-        request: Mapping[str, Json],
-        payment_id: str,
-        payload: Mapping[str, Json],
-        now: int,
-    ) -> CommandOutcome:
-        outcome = CommandOutcome(payment_id, kind, op_id_for(key))
-        self._outbox.enqueue(conn, outcome.op_id, payment_id, _OP_KIND[kind], payload, now)
-        conn.execute(
-            insert(payment_commands).values(
-                idempotency_key=key,
+        request_text = canonical_json(dict(request))
+        seen = earlier.get(command.key)
+        if seen is not None:
+            if (seen.kind, seen.request) != (kind, request_text):
+                raise IdempotencyKeyReused(command.key)
+            return seen.outcome
+        payload: dict[str, Json]
+        if isinstance(command, Create):
+            payment_id = new_id(IdPrefix.PAYMENT)
+            [requested] = decide_request(payment_id, command.terms, command.amount, now)
+            assert isinstance(requested, PaymentRequested)
+            batch.create(requested, command.terms.payment_hash(self._chain_id, self._escrow))
+            payload = {"seq": 0, **request}
+        else:
+            payment_id = command.payment_id
+            current = _current(batch, payment_id)
+            payload = {
+                "terms": dict(current.payment.terms.to_dict()),
+                "seq": current.chain_seq,
+            }
+            match command:
+                case Capture(amount=amount, fee_bps=fee_bps):
+                    decide_capture(current.payment, amount, now, fee_bps=fee_bps)
+                    payload |= {"amount": amount, "fee_bps": fee_bps}
+                case Void():
+                    decide_void(current.payment, now)
+                    payload["amount"] = current.payment.capturable
+                case Refund(amount=amount):
+                    decide_refund(current.payment, amount, now)
+                    payload["amount"] = amount
+        outcome = CommandOutcome(payment_id, kind, op_id_for(command.key))
+        batch.accept(
+            CommandRow(
+                idempotency_key=command.key,
                 payment_id=payment_id,
                 kind=kind,
-                request=canonical_json(dict(request)),
+                request=request_text,
                 op_id=outcome.op_id,
-                status="accepted",
                 outcome=canonical_json(outcome.to_dict()),
                 created_at=now,
             )
         )
+        operations.append(NewOperation(outcome.op_id, payment_id, _OP_KIND[kind], payload))
+        earlier[command.key] = _Earlier(kind, request_text, outcome)
         return outcome
 
 
-def _op_base(current: ProjectedPayment) -> dict[str, Json]:
-    return {"terms": dict(current.payment.terms.to_dict()), "seq": current.chain_seq}
+# ── hooks for the relay and the mirror, in their batches ────────────────────────────────
 
 
-def _in_flight(conn: Connection, payment_id: str) -> Row[Any, Any] | None:
+def settle_command(batch: PaymentBatch, payment_id: str, event_kind: str) -> None:
+    """Mark the payment's command in flight applied when ``event_kind`` completes it."""
+    row = batch.in_flight(payment_id)
+    if row is not None and COMPLETING_EVENT[row.kind] == event_kind:
+        batch.finish(payment_id, "applied")
+
+
+def fail_command(batch: PaymentBatch, payment_id: str, reason: str, at: int) -> str | None:
+    """The payment's command in flight will never reach the chain: free the payment, and fail
+    a payment whose authorization was refused. Returns the failed command's kind."""
+    row = batch.finish(payment_id, "failed", reason[:2000])
+    if row is None:
+        return None
+    current = batch.payment(payment_id)
+    if row.kind == "create" and current is not None and current.payment.authorized == 0:
+        batch.append(
+            payment_id, Failed(payment_id=payment_id, at=at, reason=reason[:200] or "failed")
+        )
+    return row.kind
+
+
+@dataclass(frozen=True, slots=True)
+class _Earlier:
+    kind: str
+    request: str  # canonical JSON
+    outcome: CommandOutcome
+
+
+def _valid_key(key: object) -> bool:
+    return isinstance(key, str) and 1 <= len(key) <= IDEMPOTENCY_KEY_LENGTH_MAX
+
+
+def _request(command: Command) -> tuple[str, dict[str, Json]]:
+    """The command's kind and its arguments as stored (and compared on a retry)."""
+    match command:
+        case Create(terms=terms, amount=amount, authorization=authorization):
+            return "create", {
+                "terms": dict(terms.to_dict()),
+                "amount": amount,
+                "authorization": "0x" + authorization.hex(),
+            }
+        case Capture(payment_id=payment_id, amount=amount, fee_bps=fee_bps):
+            return "capture", {"payment_id": payment_id, "amount": amount, "fee_bps": fee_bps}
+        case Void(payment_id=payment_id):
+            return "void", {"payment_id": payment_id}
+        case Refund(payment_id=payment_id, amount=amount):
+            return "refund", {"payment_id": payment_id, "amount": amount}
+
+
+def _current(batch: PaymentBatch, payment_id: str) -> ProjectedPayment:
+    current = batch.payment(payment_id) if isinstance(payment_id, str) else None
+    if current is None:
+        raise UnknownPayment(str(payment_id))
+    busy = batch.in_flight(payment_id)
+    if busy is not None:
+        raise CommandConflict(
+            f"payment {payment_id} has a {busy.kind} command on its way to the chain"
+        )
+    return current
+
+
+def _earlier(conn: Connection, keys: list[str]) -> dict[str, _Earlier]:
+    """The commands already accepted under ``keys``."""
     c = payment_commands.c
-    return conn.execute(
-        select(c.idempotency_key, c.kind).where(c.payment_id == payment_id, c.status == "accepted")
-    ).first()
-
-
-def _set_status(conn: Connection, key: str, status: str, error: str | None) -> None:
-    conn.execute(
-        update(payment_commands)
-        .where(payment_commands.c.idempotency_key == key)
-        .values(status=status, error=error)
-    )
+    found: dict[str, _Earlier] = {}
+    unique = sorted(set(keys))
+    for first in range(0, len(unique), _KEYS_PER_QUERY_MAX):
+        rows = conn.execute(
+            select(c.idempotency_key, c.kind, c.request, c.outcome).where(
+                c.idempotency_key.in_(unique[first : first + _KEYS_PER_QUERY_MAX])
+            )
+        )
+        for row in rows:
+            outcome = json.loads(row.outcome)
+            found[row.idempotency_key] = _Earlier(
+                row.kind,
+                row.request,
+                CommandOutcome(outcome["payment_id"], outcome["command"], outcome["op_id"]),
+            )
+    return found

@@ -1,5 +1,5 @@
-"""The settlement engine: commands, relay, transaction manager, indexer and chain mirror wired
-onto one database and one escrow deployment, stepped by one loop.
+"""The settlement engine: commands, sagas, relay, transaction manager, indexer and chain mirror
+wired onto one database and one escrow deployment, stepped by one loop.
 
 The loop is for one process; every component keeps its state in the database, so a new
 engine over the same database and chain continues where a stopped one left off.
@@ -22,6 +22,7 @@ from engine.chain.tx_rpc import rpc_for
 from engine.chain.txmanager import SystemClock, TxManager, TxManagerConfig
 from engine.saga.commands import PaymentService
 from engine.saga.mirror import ChainMirror
+from engine.saga.orchestrator import Orchestrator
 from engine.saga.relay import Relay
 from engine.store.db import Database, open_database, upgrade
 from engine.store.outbox import Outbox
@@ -45,11 +46,14 @@ class StepReport:
     open_txs: int
     notices: int
     conflicts: int
+    sagas_idle: bool = True
 
     @property
     def idle(self) -> bool:
-        return not (self.claimed or self.submitted or self.completed or self.failed) and not (
-            self.open_txs or self.notices
+        return (
+            not (self.claimed or self.submitted or self.completed or self.failed)
+            and not (self.open_txs or self.notices)
+            and self.sagas_idle
         )
 
 
@@ -69,6 +73,7 @@ class SettlementEngine:
         *,
         confirmations: int = 0,
         worker_id: str | None = None,
+        drive_sagas: bool = True,
     ) -> None:
         upgrade(db_url)
         self.backend = backend
@@ -92,9 +97,7 @@ class SettlementEngine:
             SystemClock(),
         )
         worker = worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
-        self.relay = Relay(
-            self.db, self.outbox, self.txmanager, escrow, self.service, worker, self.now
-        )
+        self.relay = Relay(self.db, self.outbox, self.txmanager, escrow, worker, self.now)
         self.indexer = Indexer(
             self.db,
             backend.w3,
@@ -103,14 +106,19 @@ class SettlementEngine:
             BLOCKS_PER_POLL_MAX,
             start_block=backend.w3.eth.block_number,
         )
-        self.mirror = ChainMirror(self.db, self.indexer, self.service, self.chain_id)
+        self.mirror = ChainMirror(self.db, self.indexer, self.chain_id)
+        # None when the caller ticks an orchestrator of its own (with other flows or policy).
+        self.orchestrator = Orchestrator(self.db, self.service, self.now) if drive_sagas else None
 
     def now(self) -> int:
         """The engine's clock: never behind the chain's, so a command is judged no earlier
-        than the block that will carry it."""
+        than the block that will carry it. Read once per command batch and relay step."""
         return max(int(time.time()), self.backend.now())
 
     def step(self) -> StepReport:
+        """One round: sagas first (their commands then go out in the same round), then the
+        relay, the transaction manager and the mirror."""
+        ticked = self.orchestrator.tick() if self.orchestrator is not None else None
         relayed = self.relay.step()
         pumped = self.txmanager.pump()
         if self.confirmations and (pumped.open or self.relay.busy):
@@ -124,6 +132,7 @@ class SettlementEngine:
             open_txs=pumped.open,
             notices=mirrored.notices,
             conflicts=mirrored.conflicts,
+            sagas_idle=ticked is None or ticked.idle,
         )
 
     def run_until_quiescent(self, max_steps: int = 200) -> int:

@@ -8,7 +8,10 @@ stream on confirmation only, since a stream is append-only and a pending log may
 
 A whole poll is applied in one SQL transaction together with each notice's ``NoticeDedupe`` row
 and the indexer's acknowledgement, so a crash either loses all of it (and the notices come
-again) or none, and a notice delivered twice is applied once.
+again) or none, and a notice delivered twice is applied once. The poll is booked set-wise: its
+payments are read at once into a ``PaymentBatch``, the notices applied to them in memory in
+delivery order, and events, projections, command states and ledger entries written with a few
+statements per table rather than a few per notice.
 
 ``OperationFailed`` (a non-atomic batch skipped an operation) fails the payment's command in
 flight. A skipped operation refused for its sequence number or for an existing payment is a
@@ -21,6 +24,7 @@ legs of a capture (``LegPaid``); the commands never ask for either.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 from sqlalchemy import Connection
 
@@ -39,20 +43,13 @@ from engine.domain.events import (
     Refunded,
     Voided,
 )
-from engine.domain.payment import apply
-from engine.saga.commands import PaymentService
+from engine.saga.commands import fail_command, settle_command
+from engine.saga.payment_batch import PaymentBatch
 from engine.store.db import Database
-from engine.store.event_store import EventStore
-from engine.store.ledger import Ledger
-from engine.store.ledger_entries import EntryState
+from engine.store.ledger import ENTRIES_PER_CALL_MAX, Ledger
+from engine.store.ledger_entries import EntryState, NewEntry
 from engine.store.ledger_events import entry_for
-from engine.store.projections import (
-    ProjectedPayment,
-    caught_up,
-    load_by_chain_id,
-    project,
-    stored_form,
-)
+from engine.store.projections import ProjectedPayment
 
 CONSUMER = "payments-mirror"
 # Refusals that mean "already applied": the escrow met this operation before.
@@ -69,14 +66,10 @@ class MirrorReport:
 
 
 class ChainMirror:
-    def __init__(
-        self, db: Database, indexer: Indexer, service: PaymentService, chain_id: int
-    ) -> None:
+    def __init__(self, db: Database, indexer: Indexer, chain_id: int) -> None:
         self._db = db
         self._indexer = indexer
-        self._service = service
         self._chain_id = chain_id
-        self._events = EventStore(db)
         self._ledger = Ledger()
         self._dedupe = NoticeDedupe(CONSUMER)
 
@@ -87,30 +80,48 @@ class ChainMirror:
         if not result.notices:
             return report
         with self._db.transaction() as conn:
-            self._db.lock_for_append(conn)
-            for notice in result.notices:
-                if self._dedupe.first_delivery(conn, notice):
-                    report.applied += 1
-                    report.conflicts += self._apply(conn, notice)
+            fresh = [
+                notice
+                for notice, first in zip(
+                    result.notices,
+                    self._dedupe.first_deliveries(conn, result.notices),
+                    strict=True,
+                )
+                if first
+            ]
+            batch = PaymentBatch(
+                conn,
+                self._db,
+                chain_payment_ids={
+                    payment_id
+                    for notice in fresh
+                    if isinstance(
+                        payment_id := getattr(notice.log.event, "payment_id", None), bytes
+                    )
+                },
+            )
+            books = _LedgerPlan()
+            for notice in fresh:
+                report.applied += 1
+                report.conflicts += self._apply(batch, books, notice)
+            batch.flush()
+            books.write(conn, self._ledger)
             self._indexer.acknowledge(result, conn)
         return report
 
-    def _apply(self, conn: Connection, notice: LogNotice) -> int:
+    def _apply(self, batch: PaymentBatch, books: _LedgerPlan, notice: LogNotice) -> int:
         log = notice.log
         payment_id = getattr(log.event, "payment_id", None)
         if not isinstance(payment_id, bytes):
             return 0  # not a payment's log (credits, funding approvals)
-        found = load_by_chain_id(conn, payment_id)
-        if found is None:
+        current = batch.by_chain_id(payment_id)
+        if current is None:
             return 0  # a payment of this escrow that the engine did not make
-        current = caught_up(conn, self._events, found)
         if isinstance(log.event, chain.OperationFailed):
             if notice.stage is LogStage.CONFIRMED:
                 error = log.event.error
                 if error.error not in _ALREADY_APPLIED:
-                    self._service.fail_command(
-                        conn, current.payment.id, str(error), log.block_timestamp
-                    )
+                    fail_command(batch, current.payment.id, str(error), log.block_timestamp)
             return 0
         event = _domain_event(log.event, current, log.block_timestamp)
         if event is None:
@@ -122,20 +133,17 @@ class ChainMirror:
                 event, current.payment, chain_id=self._chain_id, key=key, funder=funder
             )
             if entry is not None:
-                self._ledger.record(conn, entry, log.block_timestamp)
+                books.add(_Booking.PENDING, entry, log.block_timestamp)
             return 0
         if notice.stage is LogStage.REMOVED:
-            booked = self._ledger.entry(conn, key)
-            if booked is not None and booked.state is EntryState.PENDING:
-                self._ledger.void(conn, key, log.block_timestamp)
-            elif booked is not None and booked.state is EntryState.POSTED:
-                self._ledger.reverse(conn, key, key + ":reversed", log.block_timestamp)
+            books.add(_Booking.REMOVED, key, log.block_timestamp)
             return 0
-        return self._confirm(conn, current, event, key, funder, log.block_timestamp)
+        return self._confirm(batch, books, current, event, key, funder, log.block_timestamp)
 
     def _confirm(
         self,
-        conn: Connection,
+        batch: PaymentBatch,
+        books: _LedgerPlan,
         current: ProjectedPayment,
         event: Event,
         key: str,
@@ -144,27 +152,66 @@ class ChainMirror:
     ) -> int:
         payment = current.payment
         try:
-            apply(payment, event)
             entry = entry_for(event, payment, chain_id=self._chain_id, key=key, funder=funder)
+            batch.append(payment.id, event, funder if event.kind in _FUNDED_KINDS else None)
         except DomainError as error:
             # The chain did something the books cannot hold: flag it for reconciliation.
-            conflicted = Conflicted(payment_id=payment.id, at=at, reason=error.message[:200])
-            stored = self._events.append(
-                conn, payment.id, current.version, [stored_form(conflicted)]
-            )
-            project(conn, current, [conflicted], stored[-1].version)
+            reason = error.message[:200]
+            batch.append(payment.id, Conflicted(payment_id=payment.id, at=at, reason=reason))
             return 1
-        new = stored_form(event, funder if event.kind in _FUNDED_KINDS else None)
-        stored = self._events.append(conn, payment.id, current.version, [new])
-        project(conn, current, [event], stored[-1].version)
         if entry is not None:
+            books.add(_Booking.CONFIRMED, entry, at)
+        settle_command(batch, payment.id, event.kind)
+        return 0
+
+
+class _Booking(Enum):
+    PENDING = "pending"  # record the entry pending
+    CONFIRMED = "confirmed"  # record it posted, or post it if it was recorded pending
+    REMOVED = "removed"  # void it if pending, reverse it if posted
+
+
+class _LedgerPlan:
+    """The poll's ledger work in notice order. Consecutive bookings of one kind and block
+    time become one ledger call, so a poll of confirmed captures is a single ``record_all``;
+    the ledger checks its flags on the balances each call leaves."""
+
+    def __init__(self) -> None:
+        self._runs: list[tuple[_Booking, int, list[NewEntry | str]]] = []
+
+    def add(self, booking: _Booking, item: NewEntry | str, at: int) -> None:
+        if self._runs:
+            last_booking, last_at, items = self._runs[-1]
+            if (last_booking, last_at) == (booking, at) and len(items) < ENTRIES_PER_CALL_MAX:
+                items.append(item)
+                return
+        self._runs.append((booking, at, [item]))
+
+    def write(self, conn: Connection, ledger: Ledger) -> None:
+        for booking, at, items in self._runs:
+            if booking is _Booking.REMOVED:
+                for key in items:
+                    assert isinstance(key, str)
+                    _unbook(conn, ledger, key, at)
+                continue
+            entries = [item for item in items if isinstance(item, NewEntry)]
+            if booking is _Booking.PENDING:
+                ledger.record_all(conn, entries, at)
+                continue
             # A confirmed fact is booked posted in one write (as replay books it); only an
             # entry recorded pending at an earlier stage still has to be posted.
-            booked = self._ledger.record(conn, entry, at, state=EntryState.POSTED)
-            if booked.state is EntryState.PENDING:
-                self._ledger.post(conn, key, at)
-        self._service.settle_command(conn, payment.id, event.kind)
-        return 0
+            booked = ledger.record_all(conn, entries, at, state=EntryState.POSTED)
+            still_pending = [entry.key for entry in booked if entry.state is EntryState.PENDING]
+            if still_pending:
+                ledger.post_all(conn, still_pending, at)
+
+
+def _unbook(conn: Connection, ledger: Ledger, key: str, at: int) -> None:
+    booked = ledger.entry(conn, key)
+    if booked is not None and booked.state is EntryState.PENDING:
+        ledger.void(conn, key, at)
+    elif booked is not None and booked.state is EntryState.POSTED:
+        ledger.reverse(conn, key, key + ":reversed", at)
 
 
 def _domain_event(event: object, current: ProjectedPayment, at: int) -> Event | None:

@@ -23,17 +23,22 @@ from dataclasses import dataclass, field
 from web3.contract import Contract
 
 from engine.chain.errors import ChainError
-from engine.chain.escrow import BatchOp, Method, encode_batch
+from engine.chain.escrow import BatchOp, Method, batch_gas_limit, encode_batch
 from engine.chain.reverts import ContractReverted
+from engine.chain.tx_errors import UnknownIdempotencyKey
 from engine.chain.tx_store import TxRecord, TxStatus
 from engine.chain.txmanager import TxManager
 from engine.domain.ids import PaymentTerms
-from engine.saga.commands import PaymentService
+from engine.saga.commands import fail_command
+from engine.saga.payment_batch import PaymentBatch
 from engine.store.db import Database
 from engine.store.event_store import Json
 from engine.store.outbox import NotLeaseHolder, Outbox, OutboxRow, OutboxStatus
 
 BATCH_OPS_MAX = 100  # the escrow takes 256 records per batch; smaller batches estimate faster
+# Batches one step claims and sends: enough to keep the chain busy, few enough that a step's
+# claim stays short and its leases do not run out before the batches are final.
+BATCHES_PER_STEP = 10
 
 
 @dataclass
@@ -71,19 +76,19 @@ class Relay:
         outbox: Outbox,
         txmanager: TxManager,
         escrow: Contract,
-        service: PaymentService,
         worker_id: str,
         clock: Callable[[], int],
         batch_ops_max: int = BATCH_OPS_MAX,
+        batches_per_step: int = BATCHES_PER_STEP,
     ) -> None:
         self._db = db
         self._outbox = outbox
         self._txm = txmanager
         self._escrow = escrow
-        self._service = service
         self._worker_id = worker_id
         self._clock = clock
         self._batch_ops_max = batch_ops_max
+        self._batches_per_step = batches_per_step
         # Submitted batches not yet final, by transaction key. After a restart their rows come
         # back once their lease runs out, and the same claim finds the same transaction.
         self._watching: dict[str, tuple[OutboxRow, ...]] = {}
@@ -93,18 +98,20 @@ class Relay:
         return bool(self._watching)
 
     def step(self) -> RelayReport:
-        """Finish what the chain settled, then claim and submit one new batch."""
+        """Finish what the chain settled, then claim and submit up to ``batches_per_step``
+        new batches."""
         report = RelayReport()
         if self._watching:
             records = self._txm.get_many(list(self._watching))
             for record in records:
                 if record.is_final:
                     self._finish(record, self._watching.pop(record.idempotency_key), report)
+        limit = self._batch_ops_max * self._batches_per_step
         with self._db.transaction() as conn:
-            claim = self._outbox.claim(conn, self._worker_id, self._clock(), self._batch_ops_max)
+            claim = self._outbox.claim(conn, self._worker_id, self._clock(), limit)
         report.claimed = len(claim.rows)
-        if claim.rows:
-            self._submit(claim.rows, report)
+        for first in range(0, len(claim.rows), self._batch_ops_max):
+            self._submit(claim.rows[first : first + self._batch_ops_max], report)
         return report
 
     def _submit(self, rows: Sequence[OutboxRow], report: RelayReport) -> None:
@@ -112,7 +119,15 @@ class Relay:
         try:
             ops = [batch_op(row) for row in rows]
             data = self._escrow.encode_abi("settleBatch", args=[encode_batch(ops), False])
-            self._txm.submit(self._escrow.address, bytes.fromhex(data[2:]), idempotency_key=key)
+            gas_limit: int | None = batch_gas_limit(ops)
+            if self._bound_fell_short(key, rows):
+                key, gas_limit = key + ":estimated", None
+            self._txm.submit(
+                self._escrow.address,
+                bytes.fromhex(data[2:]),
+                idempotency_key=key,
+                gas_limit=gas_limit,
+            )
         except (ValueError, KeyError, TypeError) as error:  # a payload no batch can carry
             self._fail(rows, f"malformed operation: {error}", False, report)
             return
@@ -125,6 +140,18 @@ class Relay:
         report.submitted += len(rows)
         self._watching[key] = tuple(rows)
 
+    def _bound_fell_short(self, key: str, rows: Sequence[OutboxRow]) -> bool:
+        """Whether these rows went out before under the gas bound and that transaction
+        reverted: then they go again under an estimate, as a new transaction. Rows claimed for
+        the first time, or again after a crash, reuse the bound's transaction."""
+        if all(row.attempts <= 1 for row in rows):
+            return False
+        try:
+            earlier = self._txm.get(key)
+        except UnknownIdempotencyKey:
+            return False
+        return earlier.status is TxStatus.FAILED
+
     def _finish(self, record: TxRecord, rows: Sequence[OutboxRow], report: RelayReport) -> None:
         if record.status is TxStatus.CONFIRMED:
             result: dict[str, Json] = {
@@ -132,21 +159,27 @@ class Relay:
                 "block_number": record.block_number or 0,
             }
             with self._db.transaction() as conn:
-                for row in rows:
-                    try:
-                        self._outbox.complete(conn, row.op_id, self._worker_id, result)
-                    except NotLeaseHolder:
-                        continue  # claimed again since, and delivered by that claim
-                    report.completed += 1
+                # A row claimed again since (its lease ran out) is left to that claim.
+                completed = self._outbox.complete_many(
+                    conn, [row.op_id for row in rows], self._worker_id, result
+                )
+            report.completed += len(completed)
             return
         reason = f"transaction {record.status.value}: {record.error_code or ''}"
-        self._fail(rows, reason, record.status is TxStatus.REPLACED, report)
+        # A batch sent under the gas bound that reverted may have run short of gas
+        # (BatchOutOfGas): its rows go again, estimated. An estimated one reverted for good.
+        estimated = record.idempotency_key.endswith(":estimated")
+        retryable = record.status is TxStatus.REPLACED or (
+            record.status is TxStatus.FAILED and not estimated
+        )
+        self._fail(rows, reason, retryable, report)
 
     def _fail(
         self, rows: Sequence[OutboxRow], reason: str, retryable: bool, report: RelayReport
     ) -> None:
         now = self._clock()
         with self._db.transaction() as conn:
+            dead: list[str] = []
             for row in rows:
                 try:
                     failed = self._outbox.fail(
@@ -155,6 +188,11 @@ class Relay:
                 except NotLeaseHolder:
                     continue  # claimed again since: that claim decides
                 if failed.status is OutboxStatus.DEAD:
-                    self._service.fail_command(conn, row.payment_key, reason, now)
+                    dead.append(row.payment_key)
+            if dead:
+                batch = PaymentBatch(conn, self._db, payment_ids=dead)
+                for payment_id in dead:
+                    fail_command(batch, payment_id, reason, now)
+                batch.flush()
         report.failed += len(rows)
         report.problems.append(reason)

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar, NamedTuple, TypeAlias, cast
 
-from sqlalchemy import Connection, Row, exists, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, exists, insert, select, update
 
 from engine.store.db import Database
 from engine.store.schema import (
@@ -37,6 +37,9 @@ Payload: TypeAlias = dict[str, Json]
 GENESIS_HASH = bytes(HASH_BYTES)
 
 EVENTS_PER_APPEND_MAX = 1_000
+STREAMS_PER_APPEND_MAX = 5_000
+# Stream ids one look-up binds: well inside every backend's parameter limit.
+_STREAMS_PER_QUERY_MAX = 500
 PAYLOAD_BYTES_MAX = 65_536
 PAYLOAD_DEPTH_MAX = 32
 # Wide enough for any uint256 amount and its negation; bounds the cost of int-to-text.
@@ -78,6 +81,15 @@ class NewEvent:
     kind: str
     payload: Mapping[str, Json]
     occurred_at: int  # unix seconds, from the caller's clock
+
+
+@dataclass(frozen=True, slots=True)
+class StreamAppend:
+    """Events for one stream, which must be at ``expected_version`` (0: a new stream)."""
+
+    stream_id: str
+    expected_version: int
+    events: Sequence[NewEvent]
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,68 +156,115 @@ class EventStore:
         Runs in the caller's transaction and writes nothing before every check has passed, so
         a ConcurrencyConflict or InvalidEvent leaves the transaction as it was.
         """
-        _check_text("stream_id", stream_id, STREAM_ID_LENGTH_MAX)
-        if isinstance(expected_version, bool) or not isinstance(expected_version, int):
-            raise InvalidEvent("expected_version must be an int")
-        if expected_version < 0:
-            raise InvalidEvent("expected_version must not be negative")
-        if not 1 <= len(new_events) <= EVENTS_PER_APPEND_MAX:
-            raise InvalidEvent(f"append 1 to {EVENTS_PER_APPEND_MAX} events at a time")
-        checked = [_checked(event) for event in new_events]
+        return self.append_many(conn, [StreamAppend(stream_id, expected_version, new_events)])[0]
+
+    def append_many(
+        self, conn: Connection, appends: Sequence[StreamAppend]
+    ) -> list[list[StoredEvent]]:
+        """``append`` to many streams at once, with one statement per table whatever their
+        number: the chain mirror books a whole poll, and a command batch many payments, this
+        way. All of it is written, or (on any error) none of it."""
+        if not 1 <= len(appends) <= STREAMS_PER_APPEND_MAX:
+            raise InvalidEvent(f"append to 1 to {STREAMS_PER_APPEND_MAX} streams at a time")
+        checked: list[tuple[str, int, list[tuple[str, Payload, str, int]]]] = []
+        for item in appends:
+            _check_text("stream_id", item.stream_id, STREAM_ID_LENGTH_MAX)
+            version = item.expected_version
+            if isinstance(version, bool) or not isinstance(version, int):
+                raise InvalidEvent("expected_version must be an int")
+            if version < 0:
+                raise InvalidEvent("expected_version must not be negative")
+            if not 1 <= len(item.events) <= EVENTS_PER_APPEND_MAX:
+                raise InvalidEvent(f"append 1 to {EVENTS_PER_APPEND_MAX} events at a time")
+            checked.append((item.stream_id, version, [_checked(e) for e in item.events]))
+        if len({stream_id for stream_id, _, _ in checked}) != len(checked):
+            raise InvalidEvent("append to each stream once per call")
 
         self._db.lock_for_append(conn)
-        head = conn.execute(
-            select(streams.c.version, streams.c.head_hash).where(streams.c.stream_id == stream_id)
-        ).one_or_none()
-        actual_version = 0 if head is None else head.version
-        if actual_version != expected_version:
-            raise ConcurrencyConflict(stream_id, expected_version, actual_version)
-
-        prev_hash = GENESIS_HASH if head is None else bytes(head.head_hash)
-        stored: list[StoredEvent] = []
-        rows: list[dict[str, object]] = []
-        for version, (kind, payload, payload_text, occurred_at) in enumerate(
-            checked, expected_version + 1
-        ):
-            event_hash = chain_hash(prev_hash, stream_id, version, kind, payload, occurred_at)
-            # Position 0 until the database assigns the real one below.
-            stored.append(
-                StoredEvent(
-                    0, stream_id, version, kind, payload, occurred_at, event_hash, prev_hash
-                )
-            )
-            rows.append(
-                {
-                    "stream_id": stream_id,
-                    "version": version,
-                    "kind": kind,
-                    "payload": payload_text,
-                    "occurred_at": occurred_at,
-                    "hash": event_hash,
-                    "prev_hash": prev_hash,
-                }
-            )
-            prev_hash = event_hash
-        last = stored[-1]
-
-        if head is None:
-            conn.execute(
-                insert(streams).values(
-                    stream_id=stream_id, version=last.version, head_hash=last.hash
-                )
-            )
-        else:
-            moved = conn.execute(
-                update(streams)
-                .where(streams.c.stream_id == stream_id, streams.c.version == expected_version)
-                .values(version=last.version, head_hash=last.hash)
-            )
-            if moved.rowcount != 1:
+        heads = _heads(conn, [stream_id for stream_id, _, _ in checked])
+        for stream_id, expected_version, _ in checked:
+            head = heads.get(stream_id)
+            actual_version = 0 if head is None else head[0]
+            if actual_version != expected_version:
                 raise ConcurrencyConflict(stream_id, expected_version, actual_version)
 
-        inserted = conn.execute(insert(events).returning(events.c.version, events.c.position), rows)
-        positions = {row.version: row.position for row in inserted}
-        return [replace(event, position=positions[event.version]) for event in stored]
+        stored: list[list[StoredEvent]] = []
+        rows: list[dict[str, object]] = []
+        new_heads: list[dict[str, object]] = []
+        moved_heads: list[dict[str, object]] = []
+        for stream_id, expected_version, items in checked:
+            head = heads.get(stream_id)
+            prev_hash = GENESIS_HASH if head is None else head[1]
+            chain: list[StoredEvent] = []
+            for version, (kind, payload, payload_text, occurred_at) in enumerate(
+                items, expected_version + 1
+            ):
+                event_hash = chain_hash(prev_hash, stream_id, version, kind, payload, occurred_at)
+                # Position 0 until the database assigns the real one below.
+                chain.append(
+                    StoredEvent(
+                        0, stream_id, version, kind, payload, occurred_at, event_hash, prev_hash
+                    )
+                )
+                rows.append(
+                    {
+                        "stream_id": stream_id,
+                        "version": version,
+                        "kind": kind,
+                        "payload": payload_text,
+                        "occurred_at": occurred_at,
+                        "hash": event_hash,
+                        "prev_hash": prev_hash,
+                    }
+                )
+                prev_hash = event_hash
+            stored.append(chain)
+            last = chain[-1]
+            if head is None:
+                new_heads.append(
+                    {"stream_id": stream_id, "version": last.version, "head_hash": last.hash}
+                )
+            else:
+                moved_heads.append(
+                    {
+                        "h_stream_id": stream_id,
+                        "h_expected": expected_version,
+                        "h_version": last.version,
+                        "h_hash": last.hash,
+                    }
+                )
+
+        if new_heads:
+            conn.execute(insert(streams), new_heads)
+        if moved_heads:
+            c = streams.c
+            moved = conn.execute(
+                update(streams)
+                .where(
+                    c.stream_id == bindparam("h_stream_id"), c.version == bindparam("h_expected")
+                )
+                .values(version=bindparam("h_version"), head_hash=bindparam("h_hash")),
+                moved_heads,
+            )
+            if moved.rowcount != len(moved_heads):
+                # Only a writer ignoring the append lock could get here; find which stream.
+                expected = {
+                    stream_id: version for stream_id, version, _ in checked if stream_id in heads
+                }
+                for stream_id, (actual, _) in _heads(conn, list(expected)).items():
+                    if actual != expected[stream_id]:
+                        raise ConcurrencyConflict(stream_id, expected[stream_id], actual)
+                raise AssertionError("stream heads moved under the append lock")
+
+        inserted = conn.execute(
+            insert(events).returning(events.c.stream_id, events.c.version, events.c.position),
+            rows,
+        )
+        positions = {(row.stream_id, row.version): row.position for row in inserted}
+        return [
+            [replace(event, position=positions[event.stream_id, event.version]) for event in chain]
+            for chain in stored
+        ]
 
     def read(self, conn: Connection, stream_id: str, from_version: int = 0) -> list[StoredEvent]:
         """The stream's events with a version above `from_version` (the version already known)."""
@@ -252,6 +311,20 @@ class EventStore:
             stream_id, version = orphans[0]
             first_bad = ChainBreak(stream_id, version, "stream head has no events")
         return AuditResult(stream_count, event_count, first_bad)
+
+
+def _heads(conn: Connection, stream_ids: Sequence[str]) -> dict[str, tuple[int, bytes]]:
+    """Each existing stream's version and head hash."""
+    found: dict[str, tuple[int, bytes]] = {}
+    for start in range(0, len(stream_ids), _STREAMS_PER_QUERY_MAX):
+        chunk = stream_ids[start : start + _STREAMS_PER_QUERY_MAX]
+        for row in conn.execute(
+            select(streams.c.stream_id, streams.c.version, streams.c.head_hash).where(
+                streams.c.stream_id.in_(chunk)
+            )
+        ):
+            found[row.stream_id] = (row.version, bytes(row.head_hash))
+    return found
 
 
 def _checked(event: NewEvent) -> tuple[str, Payload, str, int]:

@@ -366,8 +366,7 @@ class Ledger:
                     account = posting.account
                     balances[account] = _moved(balances[account], posting.amount, state, 1)
             self._check_and_store(conn, accounts, balances)
-            self._insert_entries(conn, list(fresh.values()), accounts, at, state)
-            known.update(self._known(conn, list(fresh.values())))
+            known.update(self._insert_entries(conn, list(fresh.values()), accounts, at, state))
         return [known[entry.key] for entry, _ in entries]
 
     def _known(
@@ -395,7 +394,8 @@ class Ledger:
         accounts: dict[AccountKey, _Account],
         at: int,
         state: EntryState,
-    ) -> None:
+    ) -> dict[str, Entry]:
+        """Write ``entries`` and return them as they now read back."""
         e, p = self._t.entries, self._t.postings
         rows = [
             {
@@ -424,6 +424,21 @@ class Ledger:
                 for posting in entry.postings
             ],
         )
+        return {
+            entry.key: Entry(
+                id=ids[entry.key],
+                key=entry.key,
+                kind=entry.kind,
+                payment_id=entry.payment_id,
+                state=state,
+                postings=entry.postings,
+                reverses_id=reverses_id,
+                created_at=at,
+                posted_at=at if state is EntryState.POSTED else None,
+                voided_at=None,
+            )
+            for entry, reverses_id in entries
+        }
 
     def _transition(
         self, conn: Connection, keys: Sequence[str], at: int, target: EntryState

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -61,8 +61,21 @@ ERROR_LENGTH_MAX = 2_000
 # The most rows `settle outbox list` prints; it says when there are more.
 CLI_ROWS_MAX = 1_000
 _TIME_LIMIT = 2**63
+# Op ids one statement binds: well inside every backend's parameter limit.
+_OPS_PER_QUERY_MAX = 500
 # Past this many doublings the delay is far beyond any sensible backoff_max_s.
 _BACKOFF_DOUBLINGS_MAX = 62
+
+
+@dataclass(frozen=True, slots=True)
+class NewOperation:
+    """An operation a command owes: ``op_id`` is its idempotency key, ``payment_key`` orders
+    it after the earlier operations of the same payment."""
+
+    op_id: str
+    payment_key: str
+    kind: str
+    payload: Mapping[str, Json]
 
 
 class OutboxStatus(StrEnum):
@@ -253,42 +266,63 @@ class Outbox:
         and payload returns the first row unchanged (its original `available_at` included).
         Nothing is written when a check fails.
         """
-        _check_text("op_id", op_id, OUTBOX_KEY_LENGTH_MAX)
-        _check_text("payment_key", payment_key, OUTBOX_KEY_LENGTH_MAX)
-        _check_text("kind", kind, KIND_LENGTH_MAX)
+        return self.enqueue_many(
+            conn, [NewOperation(op_id, payment_key, kind, payload)], available_at
+        )[0]
+
+    def enqueue_many(
+        self, conn: Connection, operations: Sequence[NewOperation], available_at: int
+    ) -> list[OutboxRow]:
+        """``enqueue`` for a batch of commands' operations, in one look-up and one insert;
+        ids follow the order of ``operations``."""
         _check_time("available_at", available_at)
-        payload_text = _canonical_object(payload, "payload")
+        texts: dict[str, tuple[str, str, str]] = {}
+        for operation in operations:
+            _check_text("op_id", operation.op_id, OUTBOX_KEY_LENGTH_MAX)
+            _check_text("payment_key", operation.payment_key, OUTBOX_KEY_LENGTH_MAX)
+            _check_text("kind", operation.kind, KIND_LENGTH_MAX)
+            identity = (
+                operation.payment_key,
+                operation.kind,
+                _canonical_object(operation.payload, "payload"),
+            )
+            if texts.setdefault(operation.op_id, identity) != identity:
+                raise OperationConflict(operation.op_id)
 
         # The event log's append lock, which a command holds anyway once it has appended:
         # enqueues then commit one at a time, so ids follow commit order (the order of
         # operations of one payment), and a concurrent duplicate of op_id waits for the first
         # to commit and finds it below instead of failing on the unique constraint.
         self._db.lock_for_append(conn)
-        existing = conn.execute(select(outbox).where(outbox.c.op_id == op_id)).one_or_none()
-        if existing is not None:
-            # Canonical texts, not parsed payloads: in Python True == 1, in JSON they differ.
-            if (existing.payment_key, existing.kind, existing.payload) != (
-                payment_key,
-                kind,
-                payload_text,
-            ):
-                raise OperationConflict(op_id)
-            return _outbox_row(existing)
-        inserted = conn.execute(
-            insert(outbox)
-            .values(
-                op_id=op_id,
-                payment_key=payment_key,
-                kind=kind,
-                payload=payload_text,
-                status=OutboxStatus.PENDING.value,
-                attempts=0,
-                due_at=available_at,
-                available_at=available_at,
+        found: dict[str, OutboxRow] = {}
+        op_ids = list(texts)
+        for first in range(0, len(op_ids), _OPS_PER_QUERY_MAX):
+            chunk = op_ids[first : first + _OPS_PER_QUERY_MAX]
+            for existing in conn.execute(select(outbox).where(outbox.c.op_id.in_(chunk))):
+                # Canonical texts, not parsed payloads: in Python True == 1, in JSON they differ.
+                if (existing.payment_key, existing.kind, existing.payload) != texts[existing.op_id]:
+                    raise OperationConflict(existing.op_id)
+                found[existing.op_id] = _outbox_row(existing)
+        fresh = [
+            {
+                "op_id": op_id,
+                "payment_key": payment_key,
+                "kind": kind,
+                "payload": payload_text,
+                "status": OutboxStatus.PENDING.value,
+                "attempts": 0,
+                "due_at": available_at,
+                "available_at": available_at,
+            }
+            for op_id, (payment_key, kind, payload_text) in texts.items()
+            if op_id not in found
+        ]
+        if fresh:
+            inserted = conn.execute(
+                insert(outbox).returning(*outbox.c, sort_by_parameter_order=True), fresh
             )
-            .returning(*outbox.c)
-        ).one()
-        return _outbox_row(inserted)
+            found.update((row.op_id, _outbox_row(row)) for row in inserted)
+        return [found[operation.op_id] for operation in operations]
 
     def claim(
         self,
@@ -390,27 +424,39 @@ class Outbox:
         Accepted after the lease ran out too, as long as no other worker has claimed the
         operation since: the delivery did happen, and nobody else is repeating it.
         """
-        _check_text("op_id", op_id, OUTBOX_KEY_LENGTH_MAX)
+        completed = self.complete_many(conn, [op_id], worker_id, result)
+        if not completed:
+            raise _not_held(self.get(conn, op_id), worker_id)
+        return completed[0]
+
+    def complete_many(
+        self, conn: Connection, op_ids: Sequence[str], worker_id: str, result: Mapping[str, Json]
+    ) -> list[OutboxRow]:
+        """``complete`` for the operations one delivery carried, in one statement. Returns the
+        rows completed; those the worker no longer holds are left as they are."""
+        for op_id in op_ids:
+            _check_text("op_id", op_id, OUTBOX_KEY_LENGTH_MAX)
         _check_text("worker_id", worker_id, WORKER_ID_LENGTH_MAX)
         result_text = _canonical_object(result, "result")
-        completed = conn.execute(
-            update(outbox)
-            .where(
-                outbox.c.op_id == op_id,
-                outbox.c.status == OutboxStatus.IN_FLIGHT.value,
-                outbox.c.claimed_by == worker_id,
+        completed: list[OutboxRow] = []
+        for first in range(0, len(op_ids), _OPS_PER_QUERY_MAX):
+            rows = conn.execute(
+                update(outbox)
+                .where(
+                    outbox.c.op_id.in_(op_ids[first : first + _OPS_PER_QUERY_MAX]),
+                    outbox.c.status == OutboxStatus.IN_FLIGHT.value,
+                    outbox.c.claimed_by == worker_id,
+                )
+                .values(
+                    status=OutboxStatus.COMPLETED.value,
+                    lease_until=None,
+                    last_error=None,
+                    result=result_text,
+                )
+                .returning(*outbox.c)
             )
-            .values(
-                status=OutboxStatus.COMPLETED.value,
-                lease_until=None,
-                last_error=None,
-                result=result_text,
-            )
-            .returning(*outbox.c)
-        ).one_or_none()
-        if completed is None:
-            raise _not_held(self.get(conn, op_id), worker_id)
-        return _outbox_row(completed)
+            completed.extend(_outbox_row(row) for row in rows)
+        return sorted(completed, key=lambda row: row.id)
 
     def fail(
         self,

@@ -9,18 +9,21 @@ writer refuse to project out of order.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import TypeVar, cast
 
-from sqlalchemy import Connection, Row, func, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, func, insert, select, update
 
 from engine.domain.events import Event, PaymentRequested, event_from_dict
 from engine.domain.ids import PaymentTerms
 from engine.domain.payment import Payment, PaymentStatus, apply, start
 from engine.store.event_store import EventStore, Json, NewEvent, StoredEvent, canonical_json
-from engine.store.schema import payments
+from engine.store.schema import events, payments
 
+_T = TypeVar("_T")
+# Ids one look-up binds: well inside every backend's parameter limit.
+_IDS_PER_QUERY_MAX = 500
 # Escrow events that advance the payment's on-chain operation sequence.
 _SEQUENCED_KINDS = frozenset(
     {
@@ -52,43 +55,74 @@ def project_new(
     conn: Connection, event: PaymentRequested, chain_payment_id: bytes, version: int
 ) -> ProjectedPayment:
     """Insert the row of a payment its first event just created."""
-    payment = start(event)
+    return project_new_many(conn, [(event, chain_payment_id, version)])[0]
+
+
+def project_new_many(
+    conn: Connection, created: Sequence[tuple[PaymentRequested, bytes, int]]
+) -> list[ProjectedPayment]:
+    """``project_new`` for many payments, in one statement."""
+    made = [
+        (ProjectedPayment(start(event), chain_payment_id, version, 0), event.at)
+        for event, chain_payment_id, version in created
+    ]
     conn.execute(
-        insert(payments).values(
-            id=payment.id,
-            chain_payment_id=chain_payment_id,
-            terms_hash=payment.terms.struct_hash(),
-            terms=canonical_json(dict(payment.terms.to_dict())),
-            version=version,
-            chain_seq=0,
-            updated_at=event.at,
-            **_amounts(payment),
-        )
+        insert(payments),
+        [
+            {
+                "id": new.payment.id,
+                "chain_payment_id": new.chain_payment_id,
+                "terms_hash": new.payment.terms.struct_hash(),
+                "terms": canonical_json(dict(new.payment.terms.to_dict())),
+                "version": new.version,
+                "chain_seq": 0,
+                "updated_at": at,
+                **_amounts(new.payment),
+            }
+            for new, at in made
+        ],
     )
-    return ProjectedPayment(payment, chain_payment_id, version, 0)
+    return [new for new, _ in made]
 
 
 def project(
     conn: Connection, current: ProjectedPayment, new_events: Sequence[Event], version: int
 ) -> ProjectedPayment:
     """Fold ``new_events`` (the stream's events after ``current.version``) into the row."""
-    payment = current.payment
-    for event in new_events:
-        payment = apply(payment, event)
-    chain_seq = current.chain_seq + chain_steps(new_events)
-    moved = conn.execute(
-        update(payments)
-        .where(payments.c.id == payment.id, payments.c.version == current.version)
-        .values(
-            version=version,
-            chain_seq=chain_seq,
-            updated_at=max(event.at for event in new_events),
-            **_amounts(payment),
+    return project_many(conn, [(current, new_events, version)])[0]
+
+
+def project_many(
+    conn: Connection, folds: Sequence[tuple[ProjectedPayment, Sequence[Event], int]]
+) -> list[ProjectedPayment]:
+    """``project`` for many payments (each once), in one statement."""
+    projected: list[ProjectedPayment] = []
+    rows: list[dict[str, object]] = []
+    for current, new_events, version in folds:
+        payment = current.payment
+        for event in new_events:
+            payment = apply(payment, event)
+        chain_seq = current.chain_seq + chain_steps(new_events)
+        projected.append(ProjectedPayment(payment, current.chain_payment_id, version, chain_seq))
+        rows.append(
+            {
+                "p_id": payment.id,
+                "p_from": current.version,
+                "version": version,
+                "chain_seq": chain_seq,
+                "updated_at": max(event.at for event in new_events),
+                **_amounts(payment),
+            }
         )
-    )
-    if moved.rowcount != 1:
-        raise AssertionError(f"projection of {payment.id} moved past version {current.version}")
-    return ProjectedPayment(payment, current.chain_payment_id, version, chain_seq)
+    if rows:
+        c = payments.c
+        moved = conn.execute(
+            update(payments).where(c.id == bindparam("p_id"), c.version == bindparam("p_from")),
+            rows,
+        )
+        if moved.rowcount != len(rows):
+            raise AssertionError("a payment projection moved past the version its writer read")
+    return projected
 
 
 def caught_up(conn: Connection, store: EventStore, current: ProjectedPayment) -> ProjectedPayment:
@@ -100,10 +134,41 @@ def caught_up(conn: Connection, store: EventStore, current: ProjectedPayment) ->
     return project(conn, current, [_domain_event(s) for s in newer], newer[-1].version)
 
 
+def caught_up_many(
+    conn: Connection, currents: Mapping[str, ProjectedPayment]
+) -> dict[str, ProjectedPayment]:
+    """``caught_up`` for many payments: one query finds the rows behind their streams."""
+    ids = sorted(currents)
+    newer: dict[str, list[Event]] = {}
+    last: dict[str, int] = {}
+    for chunk in _chunks(ids):
+        rows = conn.execute(
+            select(events.c.stream_id, events.c.version, events.c.kind, events.c.payload)
+            .join(payments, payments.c.id == events.c.stream_id)
+            .where(payments.c.id.in_(chunk), events.c.version > payments.c.version)
+            .order_by(events.c.stream_id, events.c.version)
+        )
+        for row in rows:
+            newer.setdefault(row.stream_id, []).append(
+                _domain_event_from(row.kind, json.loads(row.payload))
+            )
+            last[row.stream_id] = row.version
+    result = dict(currents)
+    if newer:
+        folds = [(currents[pid], found, last[pid]) for pid, found in newer.items()]
+        for projected in project_many(conn, folds):
+            result[projected.payment.id] = projected
+    return result
+
+
 def _domain_event(stored: StoredEvent) -> Event:
+    return _domain_event_from(stored.kind, stored.payload)
+
+
+def _domain_event_from(kind: str, payload: Mapping[str, object]) -> Event:
     # The payload's funder (see stored_form) is for the ledger, not a field of the event.
-    data = {key: value for key, value in stored.payload.items() if key != "funder"}
-    return event_from_dict({"kind": stored.kind, **data})
+    data = {key: value for key, value in payload.items() if key != "funder"}
+    return event_from_dict({"kind": kind, **data})
 
 
 def load(conn: Connection, payment_id: str, *, lock: bool = False) -> ProjectedPayment | None:
@@ -113,10 +178,27 @@ def load(conn: Connection, payment_id: str, *, lock: bool = False) -> ProjectedP
 
 
 def load_by_chain_id(conn: Connection, chain_payment_id: bytes) -> ProjectedPayment | None:
-    row = conn.execute(
-        select(payments).where(payments.c.chain_payment_id == chain_payment_id)
-    ).one_or_none()
-    return None if row is None else _projected(row)
+    return load_many_by_chain_id(conn, [chain_payment_id]).get(chain_payment_id)
+
+
+def load_many(conn: Connection, payment_ids: Collection[str]) -> dict[str, ProjectedPayment]:
+    """The rows of those of ``payment_ids`` that exist."""
+    found: dict[str, ProjectedPayment] = {}
+    for chunk in _chunks(sorted(payment_ids)):
+        for row in conn.execute(select(payments).where(payments.c.id.in_(chunk))):
+            found[row.id] = _projected(row)
+    return found
+
+
+def load_many_by_chain_id(
+    conn: Connection, chain_payment_ids: Collection[bytes]
+) -> dict[bytes, ProjectedPayment]:
+    """The rows of those of ``chain_payment_ids`` (escrow payment ids) the engine knows."""
+    found: dict[bytes, ProjectedPayment] = {}
+    for chunk in _chunks(sorted(chain_payment_ids)):
+        for row in conn.execute(select(payments).where(payments.c.chain_payment_id.in_(chunk))):
+            found[bytes(row.chain_payment_id)] = _projected(row)
+    return found
 
 
 def load_all(conn: Connection) -> list[ProjectedPayment]:
@@ -138,6 +220,11 @@ def stored_form(event: Event, funder: str | None = None) -> NewEvent:
     if funder is not None:
         payload["funder"] = funder
     return NewEvent(event.kind, cast(dict[str, Json], payload), event.at)
+
+
+def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
+    for first in range(0, len(items), _IDS_PER_QUERY_MAX):
+        yield items[first : first + _IDS_PER_QUERY_MAX]
 
 
 def _amounts(payment: Payment) -> dict[str, object]:

@@ -40,14 +40,15 @@ class CrashPoint:
 
 # Each point names the durable step that has (after) or has not (before) happened.
 CRASH_POINTS = (
-    # A command's transaction dies after writing its events and outbox row, before its own row.
-    CrashPoint("command_after_enqueue", lambda e: e.service._outbox, "enqueue", When.AFTER),
+    # A command's transaction dies after writing its events, its row and its outbox row, before
+    # it commits.
+    CrashPoint("command_after_enqueue", lambda e: e.service._outbox, "enqueue_many", When.AFTER),
     # The relay claimed rows (committed) and dies before submitting them.
     CrashPoint("relay_after_claim", lambda e: e.relay, "_submit", When.BEFORE),
     # The tx manager recorded the batch's transaction; the relay never starts watching it.
     CrashPoint("relay_after_tx_submit", lambda e: e.txmanager, "submit", When.AFTER),
     # The transaction is confirmed; completing the outbox rows rolls back.
-    CrashPoint("relay_during_completion", lambda e: e.outbox, "complete", When.BEFORE),
+    CrashPoint("relay_during_completion", lambda e: e.outbox, "complete_many", When.BEFORE),
     # An attempt is signed and stored, never broadcast.
     CrashPoint("txm_after_sign", lambda e: e.txmanager, "_signed", When.AFTER),
     # The attempt is broadcast; the acknowledgement is never recorded.

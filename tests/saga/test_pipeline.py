@@ -113,7 +113,6 @@ def test_an_operation_sent_again_in_another_batch_is_applied_once(
         engine.outbox,
         engine.txmanager,
         world.escrow,
-        engine.service,
         "second-worker",
         engine.now,
         batch_ops_max=1,  # another grouping: a new transaction re-sends a capture
