@@ -164,7 +164,7 @@ def deploy(
     as_json: JsonFlag = False,
 ) -> None:
     """Deploy the escrow at its deterministic CREATE2 address and record it in deployments/."""
-    from engine.chain.deploy import cmd_deploy
+    from engine.chain.deploy_command import cmd_deploy
 
     raise typer.Exit(cmd_deploy(network, rpc_url, keystore, dry_run, as_json))
 

@@ -41,27 +41,22 @@ from engine.chain.create2 import (
     create2_address,
     proxy_state,
 )
-from engine.chain.deploy import (
-    ESCROW_SALT,
-    ROLE_ENV_VARS,
+from engine.chain.deploy import deploy
+from engine.chain.deploy_command import cmd_deploy
+from engine.chain.deploy_errors import (
     CodeMismatch,
     InsufficientFunds,
     NetworkNotDeployable,
     RpcUnreachable,
     RpcUrlMissing,
-    Sender,
     TransactionReverted,
-    check_escrow_code,
-    cmd_deploy,
-    current_fees,
-    deploy,
-    escrow_address,
-    estimate_gas,
-    plan_deployment,
-    role_id,
-    shown_url,
 )
+from engine.chain.deploy_plan import plan_deployment
+from engine.chain.deploy_roles import ROLE_ENV_VARS, role_id
+from engine.chain.deploy_sender import Sender, current_fees, estimate_gas
+from engine.chain.deployed_code import check_escrow_code
 from engine.chain.escrow import ESCROW_NAME
+from engine.chain.escrow_create2 import ESCROW_SALT, escrow_address
 from engine.chain.keys import (
     KEY_ENV_VAR,
     PASSWORD_ENV_VAR,
@@ -75,6 +70,7 @@ from engine.chain.keys import (
 )
 from engine.chain.localnet import ROLES
 from engine.chain.networks import NETWORKS, get_network
+from engine.chain.rpc_connection import shown_url
 
 TESTNETS = sorted(name for name, network in NETWORKS.items() if not network.is_local)
 PASSWORD = "correct horse battery staple"
