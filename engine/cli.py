@@ -238,7 +238,7 @@ def chain_check(
     as_json: JsonFlag = False,
 ) -> None:
     """Run operations through the tx manager and indexer while injecting every chain fault."""
-    from engine.chain.chain_check import cmd_chain_check
+    from engine.chain.chain_check_command import cmd_chain_check
 
     raise typer.Exit(cmd_chain_check(network, as_json, operations, db))
 
