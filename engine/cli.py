@@ -164,7 +164,7 @@ def deploy(
     as_json: JsonFlag = False,
 ) -> None:
     """Deploy the escrow at its deterministic CREATE2 address and record it in deployments/."""
-    from engine.chain.deploy import cmd_deploy
+    from engine.chain.deploy_command import cmd_deploy
 
     raise typer.Exit(cmd_deploy(network, rpc_url, keystore, dry_run, as_json))
 
@@ -238,7 +238,7 @@ def chain_check(
     as_json: JsonFlag = False,
 ) -> None:
     """Run operations through the tx manager and indexer while injecting every chain fault."""
-    from engine.chain.chain_check import cmd_chain_check
+    from engine.chain.chain_check_command import cmd_chain_check
 
     raise typer.Exit(cmd_chain_check(network, as_json, operations, db))
 

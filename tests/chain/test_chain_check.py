@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from engine.chain.backend_errors import UnknownNetwork
-from engine.chain.chain_check import (
+from engine.chain.chain_check import run_chain_check
+from engine.chain.chain_check_command import cmd_chain_check
+from engine.chain.chain_check_errors import (
     ChainCheckDatabaseInUse,
     ChainCheckInvalidSize,
     ChainCheckNeedsAnvil,
-    cmd_chain_check,
-    run_chain_check,
 )
 from engine.chain.networks import ANVIL_CHAIN_ID
 from engine.chain.tx_store import TxStore

@@ -26,7 +26,8 @@ from engine.chain.chain_process import (
     cmd_chain_up,
     running_chain,
 )
-from engine.chain.deploy import cmd_deploy, escrow_address
+from engine.chain.deploy_command import cmd_deploy
+from engine.chain.escrow_create2 import escrow_address
 
 pytestmark = pytest.mark.anvil
 

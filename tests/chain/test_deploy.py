@@ -8,9 +8,9 @@ import json
 import logging
 import socket
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import pytest
 import rlp
@@ -41,27 +41,22 @@ from engine.chain.create2 import (
     create2_address,
     proxy_state,
 )
-from engine.chain.deploy import (
-    ESCROW_SALT,
-    ROLE_ENV_VARS,
+from engine.chain.deploy import deploy
+from engine.chain.deploy_command import cmd_deploy
+from engine.chain.deploy_errors import (
     CodeMismatch,
     InsufficientFunds,
     NetworkNotDeployable,
     RpcUnreachable,
     RpcUrlMissing,
-    Sender,
     TransactionReverted,
-    check_escrow_code,
-    cmd_deploy,
-    current_fees,
-    deploy,
-    escrow_address,
-    estimate_gas,
-    plan_deployment,
-    role_id,
-    shown_url,
 )
+from engine.chain.deploy_plan import plan_deployment
+from engine.chain.deploy_roles import ROLE_ENV_VARS, role_id
+from engine.chain.deploy_sender import Sender, current_fees, estimate_gas
+from engine.chain.deployed_code import check_escrow_code
 from engine.chain.escrow import ESCROW_NAME
+from engine.chain.escrow_create2 import ESCROW_SALT, escrow_address
 from engine.chain.keys import (
     KEY_ENV_VAR,
     PASSWORD_ENV_VAR,
@@ -75,6 +70,7 @@ from engine.chain.keys import (
 )
 from engine.chain.localnet import ROLES
 from engine.chain.networks import NETWORKS, get_network
+from engine.chain.rpc_connection import shown_url
 
 TESTNETS = sorted(name for name, network in NETWORKS.items() if not network.is_local)
 PASSWORD = "correct horse battery staple"
@@ -82,15 +78,32 @@ PASSWORD = "correct horse battery staple"
 REVERTING_INITCODE = bytes.fromhex("60006000fd")
 
 
+class Node(NamedTuple):
+    url: str
+    w3: Web3
+
+
+class StartAnvil(Protocol):
+    def __call__(self, network: str = "anvil") -> Node: ...
+
+
 @pytest.fixture
 def dev_account() -> LocalAccount:
     return anvil_accounts(1)[0]
 
 
-@contextmanager
-def anvil_chain(binary: Path, chain_id: int = 31337) -> Iterator[tuple[str, Web3]]:
-    with AnvilProcess(AnvilConfig(chain_id=chain_id, accounts_count=3), binary=binary) as node:
-        yield node.url, Web3(HTTPProvider(node.url))
+@pytest.fixture
+def start_anvil(anvil_binary: Path) -> Iterator[StartAnvil]:
+    """Starts an anvil with the chain id of the network named (default: anvil's own); every
+    one started stops when the test ends."""
+    with ExitStack() as stack:
+
+        def start(network: str = "anvil") -> Node:
+            config = AnvilConfig(chain_id=get_network(network).chain_id, accounts_count=3)
+            process = stack.enter_context(AnvilProcess(config, binary=anvil_binary))
+            return Node(process.url, Web3(HTTPProvider(process.url)))
+
+        yield start
 
 
 @pytest.fixture
@@ -100,6 +113,15 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for variable in (KEY_ENV_VAR, PASSWORD_ENV_VAR, *ROLE_ENV_VARS.values()):
         monkeypatch.delenv(variable, raising=False)
     return tmp_path
+
+
+@pytest.fixture
+def deployer(
+    in_tmp: Path, dev_account: LocalAccount, monkeypatch: pytest.MonkeyPatch
+) -> LocalAccount:
+    """anvil's first dev account, whose key the command finds in the environment."""
+    monkeypatch.setenv(KEY_ENV_VAR, dev_account.key.hex())
+    return dev_account
 
 
 def run_deploy(
@@ -113,6 +135,16 @@ def run_deploy(
     assert cmd_deploy(network, url, keystore, dry_run, as_json=True) == 0
     output: dict[str, Any] = json.loads(capsys.readouterr().out)
     return output
+
+
+def write_keystore(path: Path, key: bytes, *, address: str | None = None) -> Path:
+    """An encrypted keystore of `key` under PASSWORD, with a KDF cheap enough for tests;
+    `address` overrides the address field the file claims."""
+    keyfile = Account.encrypt(key, PASSWORD, kdf="pbkdf2", iterations=2)
+    if address is not None:
+        keyfile["address"] = address
+    path.write_text(json.dumps(keyfile))
+    return path
 
 
 def predicted_address(admin: str) -> ChecksumAddress:
@@ -145,201 +177,187 @@ def files_in(directory: Path) -> list[str]:
 @pytest.mark.parametrize("network", [*TESTNETS, "anvil"])
 def test_deploys_at_the_create2_address_on_anvil_started_with_each_preset_chain_id(
     network: str,
-    anvil_binary: Path,
+    start_anvil: StartAnvil,
     in_tmp: Path,
-    dev_account: LocalAccount,
-    monkeypatch: pytest.MonkeyPatch,
+    deployer: LocalAccount,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv(KEY_ENV_VAR, dev_account.key.hex())
     chain_id = get_network(network).chain_id
-    with anvil_chain(anvil_binary, chain_id) as (url, w3):
-        output = run_deploy(capsys, network, url)
+    url, w3 = start_anvil(network)
 
-        escrow = output["escrow"]["address"]
-        assert output["status"] == "deployed"
-        assert (
-            escrow == predicted_address(dev_account.address) == escrow_address(dev_account.address)
-        )
-        assert output["chain_id"] == chain_id
-        assert escrow_roles(w3, escrow, dev_account.address) == set(ROLES)
-        code = bytes(w3.eth.get_code(escrow))
-        assert output["escrow"]["code_keccak"] == "0x" + keccak(code).hex()
-        assert (in_tmp / "deployments" / f"{chain_id}.json").is_file()
+    output = run_deploy(capsys, network, url)
+
+    escrow = output["escrow"]["address"]
+    assert output["status"] == "deployed"
+    assert escrow == predicted_address(deployer.address) == escrow_address(deployer.address)
+    assert output["chain_id"] == chain_id
+    assert escrow_roles(w3, escrow, deployer.address) == set(ROLES)
+    code = bytes(w3.eth.get_code(escrow))
+    assert output["escrow"]["code_keccak"] == "0x" + keccak(code).hex()
+    assert (in_tmp / "deployments" / f"{chain_id}.json").is_file()
 
 
 @pytest.mark.anvil
 def test_rerun_with_the_escrow_and_roles_in_place_sends_and_writes_nothing(
-    anvil_binary: Path,
+    start_anvil: StartAnvil,
     in_tmp: Path,
-    dev_account: LocalAccount,
-    monkeypatch: pytest.MonkeyPatch,
+    deployer: LocalAccount,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv(KEY_ENV_VAR, dev_account.key.hex())
-    with anvil_chain(anvil_binary, get_network("sepolia").chain_id) as (url, w3):
-        first = run_deploy(capsys, "sepolia", url)
-        record = in_tmp / "deployments" / "11155111.json"
-        written = record.read_bytes()
-        nonce = w3.eth.get_transaction_count(dev_account.address)
+    url, w3 = start_anvil("sepolia")
+    first = run_deploy(capsys, "sepolia", url)
+    record = in_tmp / "deployments" / "11155111.json"
+    written = record.read_bytes()
+    nonce = w3.eth.get_transaction_count(deployer.address)
 
-        second = run_deploy(capsys, "sepolia", url)
+    second = run_deploy(capsys, "sepolia", url)
 
-        assert second["status"] == "unchanged"
-        assert second["sent"] == []
-        assert second["escrow"] == first["escrow"]
-        assert w3.eth.get_transaction_count(dev_account.address) == nonce
-        assert record.read_bytes() == written
+    assert second["status"] == "unchanged"
+    assert second["sent"] == []
+    assert second["escrow"] == first["escrow"]
+    assert w3.eth.get_transaction_count(deployer.address) == nonce
+    assert record.read_bytes() == written
 
 
 @pytest.mark.anvil
 def test_deploys_with_a_key_from_an_encrypted_keystore(
-    anvil_binary: Path,
+    start_anvil: StartAnvil,
     in_tmp: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     owner = Account.create()
-    keystore = in_tmp / "deployer.json"
-    keystore.write_text(
-        json.dumps(Account.encrypt(owner.key, PASSWORD, kdf="pbkdf2", iterations=2))
-    )
+    keystore = write_keystore(in_tmp / "deployer.json", owner.key)
     monkeypatch.setenv(PASSWORD_ENV_VAR, PASSWORD)
-    with anvil_chain(anvil_binary, get_network("base-sepolia").chain_id) as (url, w3):
-        fund(w3, owner.address, 10**18)
+    url, w3 = start_anvil("base-sepolia")
+    fund(w3, owner.address, 10**18)
 
-        output = run_deploy(capsys, "base-sepolia", url, keystore=keystore)
+    output = run_deploy(capsys, "base-sepolia", url, keystore=keystore)
 
-        assert output["status"] == "deployed"
-        assert output["escrow"]["admin"] == owner.address
-        assert output["escrow"]["address"] == predicted_address(owner.address)
-        assert escrow_roles(w3, output["escrow"]["address"], owner.address) == set(ROLES)
+    assert output["status"] == "deployed"
+    assert output["escrow"]["admin"] == owner.address
+    assert output["escrow"]["address"] == predicted_address(owner.address)
+    assert escrow_roles(w3, output["escrow"]["address"], owner.address) == set(ROLES)
 
 
 @pytest.mark.anvil
 def test_roles_go_to_the_configured_holders_instead_of_the_deployer(
-    anvil_binary: Path,
-    in_tmp: Path,
-    dev_account: LocalAccount,
+    start_anvil: StartAnvil,
+    deployer: LocalAccount,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     operator, arbiter = Account.create().address, Account.create().address
-    monkeypatch.setenv(KEY_ENV_VAR, dev_account.key.hex())
-    monkeypatch.setenv("SETTLE_OPERATORS", f"{operator}, {dev_account.address}")
+    monkeypatch.setenv("SETTLE_OPERATORS", f"{operator}, {deployer.address}")
     monkeypatch.setenv("SETTLE_ARBITERS", arbiter.lower())
-    with anvil_chain(anvil_binary) as (url, w3):
-        output = run_deploy(capsys, "anvil", url)
+    url, w3 = start_anvil()
 
-        escrow = output["escrow"]["address"]
-        assert escrow_roles(w3, escrow, operator) == {"OPERATOR_ROLE"}
-        assert escrow_roles(w3, escrow, arbiter) == {"ARBITER_ROLE"}
-        assert escrow_roles(w3, escrow, dev_account.address) == {"OPERATOR_ROLE", "PAUSER_ROLE"}
-        recorded = {
-            role: [e["account"] for e in entries] for role, entries in output["roles"].items()
-        }
-        assert recorded == {
-            "OPERATOR_ROLE": [operator, dev_account.address],
-            "ARBITER_ROLE": [arbiter],
-            "PAUSER_ROLE": [dev_account.address],
-        }
+    output = run_deploy(capsys, "anvil", url)
+
+    escrow = output["escrow"]["address"]
+    assert escrow_roles(w3, escrow, operator) == {"OPERATOR_ROLE"}
+    assert escrow_roles(w3, escrow, arbiter) == {"ARBITER_ROLE"}
+    assert escrow_roles(w3, escrow, deployer.address) == {"OPERATOR_ROLE", "PAUSER_ROLE"}
+    recorded = {role: [e["account"] for e in entries] for role, entries in output["roles"].items()}
+    assert recorded == {
+        "OPERATOR_ROLE": [operator, deployer.address],
+        "ARBITER_ROLE": [arbiter],
+        "PAUSER_ROLE": [deployer.address],
+    }
 
 
 @pytest.mark.anvil
 def test_deployments_record_names_addresses_txs_blocks_compiler_and_artifact_hashes(
-    anvil_binary: Path,
+    start_anvil: StartAnvil,
     in_tmp: Path,
-    dev_account: LocalAccount,
-    monkeypatch: pytest.MonkeyPatch,
+    deployer: LocalAccount,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv(KEY_ENV_VAR, dev_account.key.hex())
-    with anvil_chain(anvil_binary, get_network("op-sepolia").chain_id) as (url, w3):
-        run_deploy(capsys, "op-sepolia", url)
-        record = json.loads((in_tmp / "deployments" / "11155420.json").read_text())
+    url, w3 = start_anvil("op-sepolia")
 
-        escrow = record["escrow"]
-        receipt = w3.eth.get_transaction_receipt(escrow["tx_hash"])
-        assert receipt["blockNumber"] == escrow["block_number"]
-        assert receipt["to"] == PROXY_ADDRESS
-        assert escrow["address"] == predicted_address(dev_account.address)
-        assert escrow["admin"] == dev_account.address
-        assert escrow["salt"] == "0x" + ESCROW_SALT.hex()
+    run_deploy(capsys, "op-sepolia", url)
+
+    record = json.loads((in_tmp / "deployments" / "11155420.json").read_text())
+    escrow = record["escrow"]
+    receipt = w3.eth.get_transaction_receipt(escrow["tx_hash"])
+    assert receipt["blockNumber"] == escrow["block_number"]
+    assert receipt["to"] == PROXY_ADDRESS
+    assert escrow["address"] == predicted_address(deployer.address)
+    assert escrow["admin"] == deployer.address
+    assert escrow["salt"] == "0x" + ESCROW_SALT.hex()
+    assert (
+        escrow["constructor_arguments"]
+        == "0x" + (bytes(12) + bytes.fromhex(deployer.address[2:])).hex()
+    )
+    for role in ROLES:
+        (entry,) = record["roles"][role]
+        assert entry["account"] == deployer.address
         assert (
-            escrow["constructor_arguments"]
-            == "0x" + (bytes(12) + bytes.fromhex(dev_account.address[2:])).hex()
+            w3.eth.get_transaction_receipt(entry["tx_hash"])["blockNumber"] == entry["block_number"]
         )
-        for role in ROLES:
-            (entry,) = record["roles"][role]
-            assert entry["account"] == dev_account.address
-            assert (
-                w3.eth.get_transaction_receipt(entry["tx_hash"])["blockNumber"]
-                == entry["block_number"]
-            )
-        assert record["create2_proxy"] == {"address": PROXY_ADDRESS, "installed_by_tx": None}
-        assert record["compiler"]["solc_version"] == SOLC_VERSION
-        assert record["compiler"]["settings"] == compiler_settings()
-        artifact = (ARTIFACTS_DIR / f"{ESCROW_NAME}.json").read_bytes()
-        assert record["artifacts"] == {
-            f"{ESCROW_NAME}.json": {"sha256": hashlib.sha256(artifact).hexdigest()}
-        }
-        assert record["compiler"]["input_hash"] == json.loads(artifact)["inputHash"]
-        standard_input = in_tmp / "deployments" / record["standard_input"]
-        assert json.loads(standard_input.read_text()) == standard_json_input()
+    assert record["create2_proxy"] == {"address": PROXY_ADDRESS, "installed_by_tx": None}
+    assert record["compiler"]["solc_version"] == SOLC_VERSION
+    assert record["compiler"]["settings"] == compiler_settings()
+    artifact = (ARTIFACTS_DIR / f"{ESCROW_NAME}.json").read_bytes()
+    assert record["artifacts"] == {
+        f"{ESCROW_NAME}.json": {"sha256": hashlib.sha256(artifact).hexdigest()}
+    }
+    assert record["compiler"]["input_hash"] == json.loads(artifact)["inputHash"]
+    standard_input = in_tmp / "deployments" / record["standard_input"]
+    assert json.loads(standard_input.read_text()) == standard_json_input()
 
 
 @pytest.mark.anvil
 def test_record_of_an_escrow_deployed_before_by_another_admin_is_kept_as_previous(
-    anvil_binary: Path,
+    start_anvil: StartAnvil,
     in_tmp: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     first_admin, second_admin = anvil_accounts(2)
-    with anvil_chain(anvil_binary) as (url, _):
-        monkeypatch.setenv(KEY_ENV_VAR, first_admin.key.hex())
-        first = run_deploy(capsys, "anvil", url)
-        monkeypatch.setenv(KEY_ENV_VAR, second_admin.key.hex())
+    url, _ = start_anvil()
+    monkeypatch.setenv(KEY_ENV_VAR, first_admin.key.hex())
+    first = run_deploy(capsys, "anvil", url)
+    monkeypatch.setenv(KEY_ENV_VAR, second_admin.key.hex())
 
-        second = run_deploy(capsys, "anvil", url)
+    second = run_deploy(capsys, "anvil", url)
 
-        assert second["escrow"]["address"] != first["escrow"]["address"]
-        assert [p["escrow"]["address"] for p in second["previous"]] == [first["escrow"]["address"]]
+    assert second["escrow"]["address"] != first["escrow"]["address"]
+    assert [p["escrow"]["address"] for p in second["previous"]] == [first["escrow"]["address"]]
 
 
 @pytest.mark.anvil
 def test_rerun_after_the_record_was_lost_rewrites_it_without_sending(
-    anvil_binary: Path,
+    start_anvil: StartAnvil,
     in_tmp: Path,
-    dev_account: LocalAccount,
-    monkeypatch: pytest.MonkeyPatch,
+    deployer: LocalAccount,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv(KEY_ENV_VAR, dev_account.key.hex())
-    with anvil_chain(anvil_binary) as (url, w3):
-        first = run_deploy(capsys, "anvil", url)
-        (in_tmp / "deployments" / "31337.json").unlink()
-        nonce = w3.eth.get_transaction_count(dev_account.address)
+    url, w3 = start_anvil()
+    first = run_deploy(capsys, "anvil", url)
+    (in_tmp / "deployments" / "31337.json").unlink()
+    nonce = w3.eth.get_transaction_count(deployer.address)
 
-        second = run_deploy(capsys, "anvil", url)
+    second = run_deploy(capsys, "anvil", url)
 
-        assert second["status"] == "updated"
-        assert second["sent"] == []
-        assert w3.eth.get_transaction_count(dev_account.address) == nonce
-        assert second["escrow"]["address"] == first["escrow"]["address"]
-        # What this run did not see is not claimed: the deployment tx is unknown now.
-        assert second["escrow"]["tx_hash"] is None
+    assert second["status"] == "updated"
+    assert second["sent"] == []
+    assert w3.eth.get_transaction_count(deployer.address) == nonce
+    assert second["escrow"]["address"] == first["escrow"]["address"]
+    # What this run did not see is not claimed: the deployment tx is unknown now.
+    assert second["escrow"]["tx_hash"] is None
 
 
 @pytest.mark.anvil
 def test_anvil_without_a_key_deploys_from_anvils_public_dev_account(
-    anvil_binary: Path,
+    start_anvil: StartAnvil,
     in_tmp: Path,
     dev_account: LocalAccount,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    with anvil_chain(anvil_binary) as (url, _):
-        assert cmd_deploy("anvil", url, None, dry_run=False, as_json=False) == 0
+    url, _ = start_anvil()
+
+    assert cmd_deploy("anvil", url, None, dry_run=False, as_json=False) == 0
 
     out = capsys.readouterr().out
     assert f"anvil's public dev account {dev_account.address}" in out
@@ -378,16 +396,16 @@ def test_deploy_installs_the_missing_proxy_on_the_embedded_evm_then_deploys_thro
 
 @pytest.mark.anvil
 def test_other_code_at_the_proxy_address_is_refused_before_anything_is_sent(
-    anvil_binary: Path, dev_account: LocalAccount
+    start_anvil: StartAnvil, dev_account: LocalAccount
 ) -> None:
-    with anvil_chain(anvil_binary) as (_, w3):
-        w3.manager.request_blocking(RPCEndpoint("anvil_setCode"), [PROXY_ADDRESS, "0x6000"])
+    _, w3 = start_anvil()
+    w3.manager.request_blocking(RPCEndpoint("anvil_setCode"), [PROXY_ADDRESS, "0x6000"])
 
-        with pytest.raises(Create2ProxyUnavailable, match="other code") as raised:
-            plan_deployment(w3, get_network("anvil"), dev_account.address)
+    with pytest.raises(Create2ProxyUnavailable, match="other code") as raised:
+        plan_deployment(w3, get_network("anvil"), dev_account.address)
 
-        assert raised.value.code == "create2_proxy_unavailable"
-        assert w3.eth.get_transaction_count(dev_account.address) == 0
+    assert raised.value.code == "create2_proxy_unavailable"
+    assert w3.eth.get_transaction_count(dev_account.address) == 0
 
 
 # --- dry run -------------------------------------------------------------------------------
@@ -395,54 +413,47 @@ def test_other_code_at_the_proxy_address_is_refused_before_anything_is_sent(
 
 @pytest.mark.anvil
 def test_dry_run_prints_addresses_and_cost_and_sends_nothing(
-    anvil_binary: Path,
+    start_anvil: StartAnvil,
     in_tmp: Path,
-    dev_account: LocalAccount,
-    monkeypatch: pytest.MonkeyPatch,
+    deployer: LocalAccount,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv(KEY_ENV_VAR, dev_account.key.hex())
-    with anvil_chain(anvil_binary, get_network("arbitrum-sepolia").chain_id) as (url, w3):
-        nonce = w3.eth.get_transaction_count(dev_account.address)
+    url, w3 = start_anvil("arbitrum-sepolia")
+    nonce = w3.eth.get_transaction_count(deployer.address)
 
-        plan = run_deploy(capsys, "arbitrum-sepolia", url, dry_run=True)
-        assert cmd_deploy("arbitrum-sepolia", url, None, dry_run=True, as_json=False) == 0
-        shown = capsys.readouterr().out
+    plan = run_deploy(capsys, "arbitrum-sepolia", url, dry_run=True)
+    assert cmd_deploy("arbitrum-sepolia", url, None, dry_run=True, as_json=False) == 0
+    shown = capsys.readouterr().out
 
-        assert w3.eth.get_transaction_count(dev_account.address) == nonce
-        escrow = predicted_address(dev_account.address)
-        assert w3.eth.get_code(escrow) == b""
-        assert files_in(in_tmp) == []
-        assert plan["escrow"] == {
-            "address": escrow,
-            "salt": "0x" + ESCROW_SALT.hex(),
-            "already_deployed": False,
-        }
-        assert [tx["what"] for tx in plan["transactions"]] == [f"deploy {ESCROW_NAME}"] + [
-            f"grant {role} to {dev_account.address}" for role in ROLES
-        ]
-        per_gas = plan["fees"]["base_fee_wei"] + plan["fees"]["priority_fee_wei"]
-        assert plan["expected_cost_wei"] == plan["gas_total"] * per_gas
-        assert plan["max_cost_wei"] >= plan["expected_cost_wei"] > 0
-        assert plan["has_funds"] is True
-        assert escrow in shown
-        assert "estimated cost" in shown
-        assert "nothing is sent" in shown
+    assert w3.eth.get_transaction_count(deployer.address) == nonce
+    escrow = predicted_address(deployer.address)
+    assert w3.eth.get_code(escrow) == b""
+    assert files_in(in_tmp) == []
+    assert plan["escrow"] == {
+        "address": escrow,
+        "salt": "0x" + ESCROW_SALT.hex(),
+        "already_deployed": False,
+    }
+    assert [tx["what"] for tx in plan["transactions"]] == [f"deploy {ESCROW_NAME}"] + [
+        f"grant {role} to {deployer.address}" for role in ROLES
+    ]
+    per_gas = plan["fees"]["base_fee_wei"] + plan["fees"]["priority_fee_wei"]
+    assert plan["expected_cost_wei"] == plan["gas_total"] * per_gas
+    assert plan["max_cost_wei"] >= plan["expected_cost_wei"] > 0
+    assert plan["has_funds"] is True
+    assert escrow in shown
+    assert "estimated cost" in shown
+    assert "nothing is sent" in shown
 
 
 @pytest.mark.anvil
 def test_dry_run_after_deploying_reports_the_escrow_in_place_and_nothing_to_send(
-    anvil_binary: Path,
-    in_tmp: Path,
-    dev_account: LocalAccount,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    start_anvil: StartAnvil, deployer: LocalAccount, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv(KEY_ENV_VAR, dev_account.key.hex())
-    with anvil_chain(anvil_binary) as (url, _):
-        run_deploy(capsys, "anvil", url)
+    url, _ = start_anvil()
+    run_deploy(capsys, "anvil", url)
 
-        plan = run_deploy(capsys, "anvil", url, dry_run=True)
+    plan = run_deploy(capsys, "anvil", url, dry_run=True)
 
     assert plan["escrow"]["already_deployed"] is True
     assert plan["transactions"] == []
@@ -454,25 +465,22 @@ def test_dry_run_after_deploying_reports_the_escrow_in_place_and_nothing_to_send
 
 @pytest.mark.anvil
 def test_network_whose_chain_id_is_not_the_rpcs_is_refused_before_anything_is_sent(
-    anvil_binary: Path,
-    in_tmp: Path,
-    dev_account: LocalAccount,
-    monkeypatch: pytest.MonkeyPatch,
+    start_anvil: StartAnvil, in_tmp: Path, deployer: LocalAccount
 ) -> None:
-    monkeypatch.setenv(KEY_ENV_VAR, dev_account.key.hex())
-    with anvil_chain(anvil_binary) as (url, w3):
-        with pytest.raises(ChainIdMismatch) as raised:
-            cmd_deploy("sepolia", url, None, dry_run=False, as_json=False)
+    url, w3 = start_anvil()
 
-        assert raised.value.code == "chain_id_mismatch"
-        assert "chain id 31337" in str(raised.value) and "11155111" in str(raised.value)
-        assert w3.eth.get_transaction_count(dev_account.address) == 0
+    with pytest.raises(ChainIdMismatch) as raised:
+        cmd_deploy("sepolia", url, None, dry_run=False, as_json=False)
+
+    assert raised.value.code == "chain_id_mismatch"
+    assert "chain id 31337" in str(raised.value) and "11155111" in str(raised.value)
+    assert w3.eth.get_transaction_count(deployer.address) == 0
     assert files_in(in_tmp) == []
 
 
 @pytest.mark.anvil
 def test_wrong_keystore_password_is_refused_without_showing_password_or_key(
-    anvil_binary: Path,
+    start_anvil: StartAnvil,
     in_tmp: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -480,13 +488,12 @@ def test_wrong_keystore_password_is_refused_without_showing_password_or_key(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     owner = Account.create()
-    keystore = in_tmp / "deployer.json"
-    keystore.write_text(
-        json.dumps(Account.encrypt(owner.key, PASSWORD, kdf="pbkdf2", iterations=2))
-    )
+    keystore = write_keystore(in_tmp / "deployer.json", owner.key)
     wrong = "Tr0ub4dor&3"
     monkeypatch.setenv(PASSWORD_ENV_VAR, wrong)
-    with anvil_chain(anvil_binary) as (url, _), pytest.raises(KeystorePasswordWrong) as raised:
+    url, _ = start_anvil()
+
+    with pytest.raises(KeystorePasswordWrong) as raised:
         cmd_deploy("anvil", url, keystore, dry_run=False, as_json=False)
 
     assert raised.value.code == "keystore_password_wrong"
@@ -497,10 +504,7 @@ def test_wrong_keystore_password_is_refused_without_showing_password_or_key(
     assert raised.value.__suppress_context__
 
 
-def test_rpc_that_is_down_is_named_in_the_error(
-    in_tmp: Path, dev_account: LocalAccount, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv(KEY_ENV_VAR, dev_account.key.hex())
+def test_rpc_that_is_down_is_named_in_the_error(deployer: LocalAccount) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{probe.getsockname()[1]}"  # nothing ever listens there
@@ -515,36 +519,37 @@ def test_rpc_that_is_down_is_named_in_the_error(
 
 @pytest.mark.anvil
 def test_account_without_eth_is_refused_naming_it_and_what_it_needs(
-    anvil_binary: Path,
+    start_anvil: StartAnvil,
     in_tmp: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     pauper = Account.create()
     monkeypatch.setenv(KEY_ENV_VAR, pauper.key.hex())
-    with anvil_chain(anvil_binary, get_network("hoodi").chain_id) as (url, w3):
-        with pytest.raises(InsufficientFunds) as raised:
-            cmd_deploy("hoodi", url, None, dry_run=False, as_json=False)
+    url, w3 = start_anvil("hoodi")
 
-        assert raised.value.code == "insufficient_funds"
-        assert pauper.address in str(raised.value)
-        assert "holds 0 ETH but needs up to 0.0" in str(raised.value)
-        assert w3.eth.get_transaction_count(pauper.address) == 0
-        assert w3.eth.get_code(predicted_address(pauper.address)) == b""
+    with pytest.raises(InsufficientFunds) as raised:
+        cmd_deploy("hoodi", url, None, dry_run=False, as_json=False)
+
+    assert raised.value.code == "insufficient_funds"
+    assert pauper.address in str(raised.value)
+    assert "holds 0 ETH but needs up to 0.0" in str(raised.value)
+    assert w3.eth.get_transaction_count(pauper.address) == 0
+    assert w3.eth.get_code(predicted_address(pauper.address)) == b""
     assert files_in(in_tmp) == []
 
 
 @pytest.mark.anvil
 def test_initcode_that_reverts_is_refused_at_simulation_and_when_mined(
-    anvil_binary: Path, dev_account: LocalAccount
+    start_anvil: StartAnvil, dev_account: LocalAccount
 ) -> None:
     calldata = ESCROW_SALT + REVERTING_INITCODE
-    with anvil_chain(anvil_binary) as (_, w3):
-        with pytest.raises(TransactionReverted, match="would revert"):
-            estimate_gas(w3, dev_account.address, PROXY_ADDRESS, calldata, "deploy")
+    _, w3 = start_anvil()
 
-        sender = Sender(w3, dev_account, current_fees(w3), receipt_timeout_s=30)
-        with pytest.raises(TransactionReverted, match="reverted in block") as raised:
-            sender.send(PROXY_ADDRESS, calldata, 100_000, "deploy")
+    with pytest.raises(TransactionReverted, match="would revert"):
+        estimate_gas(w3, dev_account.address, PROXY_ADDRESS, calldata, "deploy")
+    sender = Sender(w3, dev_account, current_fees(w3), receipt_timeout_s=30)
+    with pytest.raises(TransactionReverted, match="reverted in block") as raised:
+        sender.send(PROXY_ADDRESS, calldata, 100_000, "deploy")
 
     assert raised.value.code == "transaction_reverted"
     assert create2_address(ESCROW_SALT, REVERTING_INITCODE) not in str(raised.value)
@@ -580,15 +585,15 @@ def test_rpc_urls_are_shown_without_path_or_credentials() -> None:
 
 @pytest.mark.anvil
 def test_code_check_accepts_only_the_artifact_with_this_chains_immutables(
-    anvil_binary: Path,
+    start_anvil: StartAnvil,
     dev_account: LocalAccount,
     tmp_path: Path,
 ) -> None:
     runtime = bytes.fromhex(load_artifact(ESCROW_NAME).deployed_bytecode[2:])
-    with anvil_chain(anvil_binary) as (_, w3):
-        plan = plan_deployment(w3, get_network("anvil"), dev_account.address)
-        deploy(w3, plan, dev_account, tmp_path)
-        code = bytes(w3.eth.get_code(plan.escrow))
+    _, w3 = start_anvil()
+    plan = plan_deployment(w3, get_network("anvil"), dev_account.address)
+    deploy(w3, plan, dev_account, tmp_path)
+    code = bytes(w3.eth.get_code(plan.escrow))
     assert code != runtime  # the constructor filled in the immutables
 
     check_escrow_code(code, runtime, 31337, plan.escrow)
@@ -608,14 +613,14 @@ def test_code_check_accepts_only_the_artifact_with_this_chains_immutables(
 
 @pytest.mark.anvil
 def test_plan_refuses_foreign_code_at_the_escrow_address(
-    anvil_binary: Path, dev_account: LocalAccount
+    start_anvil: StartAnvil, dev_account: LocalAccount
 ) -> None:
     escrow = predicted_address(dev_account.address)
-    with anvil_chain(anvil_binary) as (_, w3):
-        w3.manager.request_blocking(RPCEndpoint("anvil_setCode"), [escrow, "0x6000"])
+    _, w3 = start_anvil()
+    w3.manager.request_blocking(RPCEndpoint("anvil_setCode"), [escrow, "0x6000"])
 
-        with pytest.raises(CodeMismatch) as raised:
-            plan_deployment(w3, get_network("anvil"), dev_account.address)
+    with pytest.raises(CodeMismatch) as raised:
+        plan_deployment(w3, get_network("anvil"), dev_account.address)
 
     assert raised.value.code == "code_mismatch"
 
@@ -649,10 +654,7 @@ def test_keystore_password_comes_from_the_prompt_when_not_in_the_environment(
     tmp_path: Path,
 ) -> None:
     owner = Account.create()
-    keystore = tmp_path / "key.json"
-    keystore.write_text(
-        json.dumps(Account.encrypt(owner.key, PASSWORD, kdf="pbkdf2", iterations=2))
-    )
+    keystore = write_keystore(tmp_path / "key.json", owner.key)
     asked: list[str] = []
 
     def prompt(question: str) -> str:
@@ -664,10 +666,7 @@ def test_keystore_password_comes_from_the_prompt_when_not_in_the_environment(
 
 
 def test_keystore_without_password_or_terminal_is_refused(tmp_path: Path) -> None:
-    keystore = tmp_path / "key.json"
-    keystore.write_text(
-        json.dumps(Account.encrypt(Account.create().key, PASSWORD, kdf="pbkdf2", iterations=2))
-    )
+    keystore = write_keystore(tmp_path / "key.json", Account.create().key)
 
     # pytest's stdin is not a terminal, so no prompt is offered.
     with pytest.raises(KeystorePasswordMissing, match=PASSWORD_ENV_VAR):
@@ -685,10 +684,9 @@ def test_missing_or_malformed_keystore_is_refused(tmp_path: Path) -> None:
 
 
 def test_keystore_whose_address_field_is_not_its_keys_is_refused(tmp_path: Path) -> None:
-    keyfile = Account.encrypt(Account.create().key, PASSWORD, kdf="pbkdf2", iterations=2)
-    keyfile["address"] = Account.create().address[2:].lower()
-    keystore = tmp_path / "key.json"
-    keystore.write_text(json.dumps(keyfile))
+    keystore = write_keystore(
+        tmp_path / "key.json", Account.create().key, address=Account.create().address[2:].lower()
+    )
 
     with pytest.raises(KeystoreMalformed, match="another address"):
         load_signer(keystore, environ={PASSWORD_ENV_VAR: PASSWORD})

@@ -1,9 +1,5 @@
 """settleBatch on both EVMs: all-or-nothing and one-by-one batches, netting of payouts,
-replay protection, and the packed format's limits.
-
-The module also holds what the hostile-token and stateful modules share with it: a funded
-extra token, settling a batch, and the payouts a receipt shows.
-"""
+replay protection, and the packed format's limits."""
 
 from __future__ import annotations
 
@@ -12,9 +8,6 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import pytest
-from hexbytes import HexBytes
-from web3.contract import Contract
-from web3.types import TxReceipt
 
 from engine.chain.escrow import (
     BatchOp,
@@ -24,55 +17,11 @@ from engine.chain.escrow import (
     encode_batch,
     encode_record,
 )
-from engine.chain.localnet import MINT_PER_ACCOUNT, UINT256_MAX, UNIT, LocalDeployment
+from engine.chain.localnet import UNIT, LocalDeployment
 from engine.chain.reverts import decode_revert
 from engine.domain.ids import PaymentTerms
+from tests.chain.batch_support import deploy_funded_token, fee, held, payouts, settle
 from tests.chain.invariants import captured, emitted, reverts_with
-
-
-def payouts(
-    world: LocalDeployment, receipt: TxReceipt, token: Contract | None = None
-) -> list[tuple[str, int]]:
-    """(recipient, amount) of every transfer of `token` (default: the stablecoin) out of the
-    escrow in `receipt`. Filtered by emitter: every token's Transfer event looks the same."""
-    token = token or world.token
-    transfer = token.events.Transfer()
-    topic = HexBytes(transfer.topic)
-    found = (
-        transfer.process_log(log)["args"]
-        for log in receipt["logs"]
-        if log["address"].lower() == token.address.lower() and log["topics"][0] == topic
-    )
-    return [(t["to"], t["value"]) for t in found if t["from"] == world.escrow.address]
-
-
-def deploy_funded_token(world: LocalDeployment, artifact: str) -> Contract:
-    """A test token minted to everyone who funds holds, refunds or disputes, each of whom
-    approves the escrow, as deploy_local does for the stablecoin."""
-    token = world.admin.deploy(artifact)
-    funders = (world.payer, world.operator, world.merchant, world.arbiter)
-    for signer in funders:
-        world.admin.send(token.functions.mint(signer.address, MINT_PER_ACCOUNT))
-    for signer in funders:
-        signer.send(token.functions.approve(world.escrow.address, UINT256_MAX))
-    return token
-
-
-def settle(world: LocalDeployment, ops: Sequence[BatchOp] | bytes, *, atomic: bool) -> TxReceipt:
-    """Sends a batch as the operator; `ops` as bytes is sent as packed, broken or not."""
-    packed = ops if isinstance(ops, bytes) else encode_batch(ops)
-    return world.operator.send(world.escrow.functions.settleBatch(packed, atomic))
-
-
-def fee(amount: int, bps: int) -> int:
-    """The contract's fee: rounded up, so a non-zero fee never rounds away."""
-    return -(-amount * bps // 10_000)
-
-
-def held(world: LocalDeployment, amount: int = 100 * UNIT) -> PaymentTerms:
-    terms = world.terms(amount)
-    world.authorize(terms)
-    return terms
 
 
 def balances(world: LocalDeployment) -> dict[str, int]:

@@ -33,7 +33,7 @@ from engine.chain.escrow_events import (
 )
 from engine.chain.localnet import UNIT, LocalDeployment
 from engine.domain.money import Leg
-from tests.chain.test_escrow_batch import deploy_funded_token, held, settle
+from tests.chain.batch_support import deploy_funded_token, held, settle
 
 
 def decoded(world: LocalDeployment, receipt: TxReceipt) -> list[EscrowEvent]:

@@ -13,8 +13,8 @@ from web3.types import TxReceipt
 from engine.chain.escrow import BatchOp, Method, terms_tuple
 from engine.chain.localnet import MINT_PER_ACCOUNT, UNIT, LocalDeployment
 from engine.domain.ids import PaymentTerms
+from tests.chain.batch_support import deploy_funded_token, settle
 from tests.chain.invariants import assert_solvent, emitted, reverts_with
-from tests.chain.test_escrow_batch import deploy_funded_token, settle
 
 ZERO_ADDRESS: Final = "0x" + "00" * 20
 

@@ -39,8 +39,8 @@ from engine.chain.escrow import (
 from engine.chain.localnet import UNIT, LocalDeployment
 from engine.chain.reverts import decode_revert
 from engine.domain.ids import PaymentTerms
+from tests.chain.batch_support import deploy_funded_token, fee, payouts, settle
 from tests.chain.invariants import emitted, reverts_with
-from tests.chain.test_escrow_batch import deploy_funded_token, fee, payouts, settle
 
 # Each example costs ~4 s of CPU (the embedded EVM estimates gas by binary search, a dozen
 # executions per transaction; anvil pays for JSON-RPC round trips), so the default run stays
