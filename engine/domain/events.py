@@ -4,9 +4,10 @@ Each event is one fact, named in the past tense, with a stable ``kind`` string t
 persists. ``to_dict`` gives ints and strings only (no floats, no bytes), so an event survives
 JSON and comes back from ``event_from_dict`` equal to what was written.
 
-Facts come from two places: a validated command (the ``decide_*`` functions in
-``engine.domain.payment``) or a confirmed chain log read by the indexer. ``at`` is unix seconds:
-the command's ``now`` or the block's timestamp.
+Facts come from three places: a validated command (the ``decide_*`` functions in
+``engine.domain.payment``), a confirmed chain log read by the indexer, or reconciliation, which
+flags a payment ``Conflicted`` and later ``ConflictResolved``. ``at`` is unix seconds: the
+command's or the reconciliation's ``now``, or the block's timestamp.
 """
 
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ from typing import Any, ClassVar
 from engine.domain.errors import DomainError, InvalidEvent, InvalidTime
 from engine.domain.ids import UINT48_MAX, IdPrefix, PaymentTerms, parse_id
 from engine.domain.money import EXTRA_LEGS_MAX, Leg, check_amount
+from engine.domain.status import PaymentStatus
 
 REASON_LENGTH_MAX = 200
 
@@ -57,7 +59,7 @@ class Event:
                 data[f.name] = value.to_dict()
             elif isinstance(value, tuple):
                 data[f.name] = [leg.to_dict() for leg in value]
-            elif isinstance(value, Party):
+            elif isinstance(value, StrEnum):
                 data[f.name] = value.value
             else:
                 data[f.name] = value
@@ -190,6 +192,26 @@ class Conflicted(Event):
         _check_reason(self.reason)
 
 
+@dataclass(frozen=True, kw_only=True)
+class ConflictResolved(Event):
+    """Reconciliation found the views agreeing again; the payment leaves ``conflicted``.
+
+    ``status`` is the status it returns to. The amounts alone cannot always tell it (nothing
+    held is pending or failed; settled money looks the same before and after a decided
+    dispute), so the event names it and applying it checks that the amounts allow it.
+    """
+
+    kind: ClassVar[str] = "conflict_resolved"
+    status: PaymentStatus
+    reason: str
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.status, PaymentStatus) or self.status is PaymentStatus.CONFLICTED:
+            raise InvalidEvent("status must be a PaymentStatus other than conflicted")
+        _check_reason(self.reason)
+
+
 EVENT_TYPES: Mapping[str, type[Event]] = {
     cls.kind: cls
     for cls in (
@@ -203,11 +225,12 @@ EVENT_TYPES: Mapping[str, type[Event]] = {
         DisputeOpened,
         DisputeResolved,
         Conflicted,
+        ConflictResolved,
     )
 }
 
 
-def _decode(field_type: object, value: object) -> object:
+def _decode(name: str, field_type: object, value: object) -> object:
     if field_type is PaymentTerms:
         if not isinstance(value, Mapping):
             raise InvalidEvent("terms must be an object")
@@ -218,10 +241,10 @@ def _decode(field_type: object, value: object) -> object:
         if any(set(x) != {"recipient", "amount"} for x in value):
             raise InvalidEvent("a leg needs exactly recipient and amount")
         return tuple(Leg(recipient=x["recipient"], amount=x["amount"]) for x in value)
-    if field_type is Party:
-        if not isinstance(value, str) or value not in set(Party):
-            raise InvalidEvent(f"winner must be one of {sorted(Party)}")
-        return Party(value)
+    if isinstance(field_type, type) and issubclass(field_type, StrEnum):
+        if not isinstance(value, str) or value not in set(field_type):
+            raise InvalidEvent(f"{name} must be one of {sorted(field_type)}")
+        return field_type(value)
     return value  # ints and strings are checked by the event's own __post_init__
 
 
@@ -236,7 +259,9 @@ def event_from_dict(data: Mapping[str, object]) -> Event:
         raise InvalidEvent(f"a {kind} event needs exactly the fields {sorted(event_fields)}")
     try:
         # Any: each value's type is checked by the event's own __post_init__.
-        values: dict[str, Any] = {name: _decode(t, data[name]) for name, t in event_fields.items()}
+        values: dict[str, Any] = {
+            name: _decode(name, t, data[name]) for name, t in event_fields.items()
+        }
         return cls(**values)
     except InvalidEvent:
         raise

@@ -16,6 +16,11 @@ lead to; any pair not listed raises ``IllegalTransition``. Where a pair has seve
 amounts pick one: a capture that empties the hold ``succeeded``, one that leaves some is
 ``partially_captured``.
 
+A conflicted payment accepts nothing but another ``Conflicted`` until reconciliation finds the
+views agreeing again and records ``ConflictResolved``; that returns it to a status its amounts
+describe (``statuses_matching_amounts``), normally the one it had before the conflict, since
+no money moves while a payment is conflicted.
+
 Disputes are opened on settled money only: the hold must be closed (captured in full, voided or
 reclaimed), which keeps a dispute from overlapping a capture still in flight. A dispute won by
 the payer counts as refunded money (status ``dispute_lost``, from the merchant's side); one won
@@ -24,7 +29,6 @@ by the merchant unfreezes the amount, which can then be refunded or disputed aga
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from enum import StrEnum
 from types import MappingProxyType
 
 from engine.domain.errors import (
@@ -43,6 +47,7 @@ from engine.domain.events import (
     Authorized,
     Captured,
     Conflicted,
+    ConflictResolved,
     DisputeOpened,
     DisputeResolved,
     Event,
@@ -56,23 +61,7 @@ from engine.domain.events import (
 )
 from engine.domain.ids import IdPrefix, PaymentTerms, parse_id
 from engine.domain.money import Leg, check_amount, check_bps, fee_for, split_capture
-
-
-class PaymentStatus(StrEnum):
-    PENDING = "pending"
-    REQUIRES_CAPTURE = "requires_capture"
-    PARTIALLY_CAPTURED = "partially_captured"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELED = "canceled"
-    EXPIRED = "expired"
-    PARTIALLY_REFUNDED = "partially_refunded"
-    REFUNDED = "refunded"
-    DISPUTED = "disputed"
-    DISPUTE_WON = "dispute_won"
-    DISPUTE_LOST = "dispute_lost"
-    CONFLICTED = "conflicted"
-
+from engine.domain.status import PaymentStatus
 
 _S = PaymentStatus
 _SETTLED = (_S.SUCCEEDED, _S.PARTIALLY_REFUNDED, _S.DISPUTE_WON, _S.DISPUTE_LOST)
@@ -99,6 +88,8 @@ TRANSITIONS: Mapping[tuple[PaymentStatus, str], frozenset[PaymentStatus]] = Mapp
         (_S.DISPUTED, DisputeResolved.kind): frozenset({_S.DISPUTE_WON, _S.DISPUTE_LOST}),
         # Reconciliation can find any payment out of step with the chain or the ledger.
         **{(status, Conflicted.kind): frozenset({_S.CONFLICTED}) for status in PaymentStatus},
+        # ...and, once they agree again, return it to whichever status its amounts describe.
+        (_S.CONFLICTED, ConflictResolved.kind): frozenset(set(PaymentStatus) - {_S.CONFLICTED}),
     }
 )
 
@@ -149,6 +140,28 @@ def check_invariants(payment: Payment) -> None:
     )
     if books_broken or status_broken:
         raise AssertionError(f"payment invariants broken: {payment!r}")
+
+
+def statuses_matching_amounts(payment: Payment) -> frozenset[PaymentStatus]:
+    """The statuses ``apply`` could have left a payment with these amounts in, conflicted aside.
+
+    Mostly one; several where the amounts cannot tell: nothing authorized is ``pending`` or
+    ``failed``, and settled money whose dispute was decided (the frozen amount is released or
+    counted as refunded) looks like settled money that was never disputed.
+    """
+    p = payment
+    if p.authorized == 0:
+        return frozenset({_S.PENDING, _S.FAILED})
+    if p.disputed > 0:
+        return frozenset({_S.DISPUTED})
+    status = _hold_status(p, _S.EXPIRED if p.reclaimed > 0 else _S.CANCELED)
+    if status not in _HOLD_CLOSED_AFTER_CAPTURE:
+        return frozenset({status})
+    # A dispute opens on refundable money only, so a merchant's win leaves some refundable and
+    # a payer's win has refunded some.
+    decided = {_S.DISPUTE_WON} if p.refunded < p.captured else set()
+    decided |= {_S.DISPUTE_LOST} if p.refunded > 0 else set()
+    return frozenset({status, *decided})
 
 
 def start(event: PaymentRequested) -> Payment:
@@ -265,6 +278,13 @@ def _apply_amounts(p: Payment, event: Event) -> Payment:
             return replace(p, status=_S.DISPUTE_WON, disputed=0)
         case Conflicted():
             return replace(p, status=_S.CONFLICTED)
+        case ConflictResolved(status=status):
+            if status not in statuses_matching_amounts(p):
+                raise InvalidEvent(
+                    f"{event.kind} to {status} does not fit the amounts of {p.id}: "
+                    f"they describe {sorted(statuses_matching_amounts(p))}"
+                )
+            return replace(p, status=status)
     # Unreachable while every listed kind has a case above; kept so a new kind cannot slip by.
     raise IllegalTransition(p.status.value, event.kind)
 
@@ -364,3 +384,14 @@ def decide_resolve_dispute(payment: Payment, winner: Party, now: int) -> list[Ev
     _allowed_targets(payment, DisputeResolved.kind)
     check_time(now, "now")
     return _decided(payment, DisputeResolved(payment_id=payment.id, at=now, winner=winner))
+
+
+def decide_resolve_conflict(
+    payment: Payment, status: PaymentStatus, reason: str, now: int
+) -> list[Event]:
+    """Take a conflicted payment out of ``conflicted`` into ``status``, which its amounts must
+    describe; the caller has found every view agreeing with its books again."""
+    _allowed_targets(payment, ConflictResolved.kind)
+    check_time(now, "now")
+    resolved = ConflictResolved(payment_id=payment.id, at=now, status=status, reason=reason)
+    return _decided(payment, resolved)

@@ -18,6 +18,13 @@ its flags allow, and the payment's escrow logs, read with eth_getLogs, are booke
 ``ledger_events`` in chain order; then everything is checked once more. The event store is not
 rewritten: its history stays as recorded, with the Conflicted event telling why the books moved.
 
+A conflicted payment is resolved (one ConflictResolved event, back to the status it had before
+the conflict) by the first run, with or without ``repair``, that finds it agreeing in every
+view and its posted books agreeing with its own history: capturable and refundable of its
+confirmed facts equal those of its posted entries. The second condition keeps a payment
+conflicted when the chain holds a fact its stream never recorded (a capture behind the
+engine's back, say): a repair makes its books right, but its status could not vouch for them.
+
 A PSP view is optional (no PSP adapter exists yet): per payment, the status and amounts the
 provider reports, compared with the payment's projection.
 """
@@ -56,10 +63,11 @@ from engine.domain.events import (
     Voided,
 )
 from engine.domain.money import Leg
-from engine.domain.payment import apply, start
+from engine.domain.payment import Payment, apply, decide_resolve_conflict, start
+from engine.domain.status import PaymentStatus
 from engine.store import projections
 from engine.store.db import Database, open_database
-from engine.store.event_store import EventStore
+from engine.store.event_store import ConcurrencyConflict, EventStore
 from engine.store.ledger import LIVE_TABLES, Ledger
 from engine.store.ledger_accounts import ESCROW_KINDS, AccountKind, AssetKey
 from engine.store.ledger_entries import EntryState, NewEntry
@@ -120,6 +128,7 @@ class ReconcileReport:
     details: tuple[Mismatch, ...]
     conflicted: tuple[str, ...] = ()  # payments this run marked conflicted
     repaired: tuple[str, ...] = ()  # payments whose books this run re-synced from the chain
+    resolved: tuple[str, ...] = ()  # conflicted payments this run found agreeing again
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -128,6 +137,7 @@ class ReconcileReport:
             "details": [mismatch.to_json() for mismatch in self.details],
             "conflicted": list(self.conflicted),
             "repaired": list(self.repaired),
+            "resolved": list(self.resolved),
         }
 
 
@@ -158,6 +168,7 @@ class _Found:
     details: list[Mismatch] = field(default_factory=list)
     by_payment: dict[str, list[Mismatch]] = field(default_factory=dict)
     items: int = 0
+    resolvable: list[str] = field(default_factory=list)  # conflicted, yet agreeing everywhere
 
 
 def reconcile(
@@ -178,7 +189,9 @@ def reconcile(
             if any(m.source == "chain" for m in found.by_payment[payment_id]):
                 _resync(db, target, histories[payment_id], now)
                 repaired.append(payment_id)
-        found, _ = _compare(db, target, provider or {})
+        # Read afresh: the histories now hold the Conflicted events marked above.
+        found, histories = _compare(db, target, provider or {})
+    resolved = _resolve(db, histories, found.resolvable, set(repaired), now)
     mismatched = len(found.by_payment) + len({m.asset for m in found.details if m.asset})
     return ReconcileReport(
         matched=found.items - mismatched,
@@ -186,6 +199,7 @@ def reconcile(
         details=tuple(found.details),
         conflicted=tuple(conflicted),
         repaired=tuple(repaired),
+        resolved=tuple(resolved),
     )
 
 
@@ -195,6 +209,7 @@ def _compare(
     with db.snapshot() as conn:
         histories = payment_histories(conn, EventStore(db))
         books = _ledger_books(conn)
+        posted_books = _ledger_books(conn, posted_only=True)
         ledger = Ledger()
         assets = {AssetKey(target.chain_id, h.requested.terms.token) for h in histories.values()}
         assets |= {a for a in ledger.trial_balance(conn) if a.chain_id == target.chain_id}
@@ -226,9 +241,16 @@ def _compare(
         ):
             if ledger_value != chain_value:
                 _add(found, Mismatch(name, ledger_value, chain_value, payment=payment_id))
+        history = histories[payment_id]
         expected = provider.get(payment_id)
         if expected is not None:
-            _compare_provider(found, histories[payment_id], expected)
+            _compare_provider(found, history, expected)
+        if (
+            history.last_conflict is not None
+            and payment_id not in found.by_payment
+            and _recorded(history.projection(), posted_books.get(payment_id, _Books()))
+        ):
+            found.resolvable.append(payment_id)
     for asset, balance in zip(token_order, balances, strict=True):
         if held_by_asset[asset] != int(balance):
             _add(
@@ -246,8 +268,13 @@ def _add(found: _Found, mismatch: Mismatch) -> None:
 
 def _compare_provider(found: _Found, history: PaymentHistory, expected: ProviderView) -> None:
     payment = history.projection()
+    # A conflicted payment is compared by the status a resolution would return it to, so the
+    # flag itself neither counts as a new discrepancy nor keeps one open forever.
+    status = payment.status
+    if status is PaymentStatus.CONFLICTED:
+        status = history.status_before_conflict() or status
     for name, engine_value, psp_value in (
-        ("status", payment.status.value, expected.status),
+        ("status", status.value, expected.status),
         ("captured", payment.captured, expected.captured),
         ("refunded", payment.refunded, expected.refunded),
     ):
@@ -258,13 +285,24 @@ def _compare_provider(found: _Found, history: PaymentHistory, expected: Provider
             )
 
 
-def _ledger_books(conn: Connection) -> dict[str, _Books]:
+def _recorded(payment: Payment, posted: _Books) -> bool:
+    """Whether the payment's history tells what its posted books do: its events are the
+    confirmed facts, and only confirmed facts are posted."""
+    return payment.capturable == posted.held and payment.refundable == posted.refundable
+
+
+def _ledger_books(conn: Connection, *, posted_only: bool = False) -> dict[str, _Books]:
     a, e, p = LIVE_TABLES
+    counted = (
+        e.c.state == EntryState.POSTED.value
+        if posted_only
+        else e.c.state != EntryState.VOIDED.value
+    )
     rows = conn.execute(
         select(e.c.payment_id, a.c.kind, p.c.amount)
         .join(e, e.c.id == p.c.entry_id)
         .join(a, a.c.id == p.c.account_id)
-        .where(e.c.payment_id.is_not(None), e.c.state != EntryState.VOIDED.value)
+        .where(e.c.payment_id.is_not(None), counted)
     )
     books: dict[str, _Books] = {}
     for row in rows:
@@ -320,12 +358,50 @@ def _mark_conflicted(
             version = conn.execute(
                 select(streams.c.version).where(streams.c.stream_id == history.stream_id)
             ).scalar_one()
-            store.append(conn, history.stream_id, version, [stored_form(event)])
-            current = projections.load(conn, payment_id, lock=True)
-            if current is not None:  # the projection moves with its stream
-                projections.project(conn, current, [event], version + 1)
+            _append_flag(conn, store, history, event, version)
         marked.append(payment_id)
     return marked
+
+
+def _resolve(
+    db: Database,
+    histories: Mapping[str, PaymentHistory],
+    resolvable: Sequence[str],
+    repaired: set[str],
+    now: int,
+) -> list[str]:
+    """Append ConflictResolved to each payment found agreeing again, returning it to the status
+    it had before the conflict. Unlike a conflict, a resolution is judged on the stream as it
+    was compared: if the stream moved since, the next run judges it afresh."""
+    resolved: list[str] = []
+    store = EventStore(db)
+    for payment_id in sorted(resolvable):
+        history = histories[payment_id]
+        status = history.status_before_conflict()
+        if status is None:
+            raise AssertionError(f"{payment_id} is conflicted but never became so")
+        how = "books re-synced from chain logs" if payment_id in repaired else "books"
+        [event] = decide_resolve_conflict(
+            history.projection(), status, f"reconcile: {how} match every view again", now
+        )
+        try:
+            with db.transaction() as conn:
+                _append_flag(conn, store, history, event, history.version)
+        except ConcurrencyConflict:
+            continue
+        resolved.append(payment_id)
+    return resolved
+
+
+def _append_flag(
+    conn: Connection, store: EventStore, history: PaymentHistory, event: Event, version: int
+) -> None:
+    """Append a flag (Conflicted, ConflictResolved) to the payment's stream, expected at
+    ``version``, and fold it into the projection, in the caller's transaction."""
+    store.append(conn, history.stream_id, version, [stored_form(event)])
+    current = projections.load(conn, history.payment_id, lock=True)
+    if current is not None:  # the projection moves with its stream
+        projections.project(conn, current, [event], version + 1)
 
 
 # ── repair ───────────────────────────────────────────────────────────────────────────────
@@ -459,4 +535,6 @@ def cmd_reconcile(db_url: str, as_json: bool, repair: bool, rpc_url: str | None 
             print(f"  {mismatch.to_json()}")
         if report.repaired:
             print(f"repaired from chain logs: {', '.join(report.repaired)}")
+        if report.resolved:
+            print(f"no longer conflicted: {', '.join(report.resolved)}")
     return 0 if report.mismatched == 0 else 1

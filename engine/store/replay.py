@@ -23,6 +23,7 @@ import json
 import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
+from itertools import pairwise
 from typing import Any
 
 from sqlalchemy import Connection, MetaData, Table, inspect, select
@@ -31,6 +32,7 @@ from engine.domain.errors import DomainError
 from engine.domain.events import (
     EVENT_TYPES,
     Conflicted,
+    ConflictResolved,
     DisputeOpened,
     DisputeResolved,
     Event,
@@ -39,6 +41,7 @@ from engine.domain.events import (
     event_from_dict,
 )
 from engine.domain.payment import Payment, apply, start
+from engine.domain.status import PaymentStatus
 from engine.store.db import Database, open_database
 from engine.store.event_store import READ_ALL_LIMIT_MAX, EventStore, StoredEvent
 from engine.store.ledger import ENTRIES_PER_CALL_MAX, LIVE_TABLES, Ledger, scratch_tables
@@ -94,30 +97,41 @@ class PaymentHistory:
 
     @property
     def last_conflict(self) -> str | None:
-        """The reason of the newest Conflicted event, if any."""
+        """The reason of the newest Conflicted event while the payment is still conflicted;
+        None once a ConflictResolved followed it (or it never was)."""
         for item in reversed(self.events):
+            if isinstance(item.event, ConflictResolved):
+                return None
             if isinstance(item.event, Conflicted):
                 return item.event.reason
         return None
 
     def projection(self) -> Payment:
-        """The payment as its events leave it, Conflicted included."""
-        payment = start(self.requested)
+        """The payment as its events leave it, the flags (Conflicted, ConflictResolved)
+        included."""
+        return self.folded()[-1]
+
+    def status_before_conflict(self) -> PaymentStatus | None:
+        """The status the payment had when it last became conflicted: the one a resolution
+        returns it to, as no money moves while it is conflicted. None if it never was."""
+        status: PaymentStatus | None = None
+        folded = self.folded()
+        for before, after in pairwise(folded):
+            if after.status is PaymentStatus.CONFLICTED and before.status is not after.status:
+                status = before.status
+        return status
+
+    def folded(self) -> list[Payment]:
+        """The payment after each of its events, first event first."""
+        payments = [start(self.requested)]
         for item in self.events[1:]:
-            payment = apply(payment, item.event)
-        return payment
+            payments.append(apply(payments[-1], item.event))
+        return payments
 
     def bookings(self) -> Iterator[tuple[HistoryEvent, Payment]]:
-        """Each event with the payment before it, for booking money.
-
-        Conflicted is skipped: it flags the payment, it moves no money, and the amounts it
-        keeps are what later chain facts are booked against."""
-        payment = start(self.requested)
-        for item in self.events[1:]:
-            if isinstance(item.event, Conflicted):
-                continue
-            yield item, payment
-            payment = apply(payment, item.event)
+        """Each event but the first with the payment before it, for booking money (the flags
+        Conflicted and ConflictResolved book nothing)."""
+        yield from zip(self.events[1:], self.folded()[:-1], strict=True)
 
 
 def domain_event(stored: StoredEvent) -> tuple[Event, str | None] | None:

@@ -18,6 +18,7 @@ from engine.domain.events import (
     Authorized,
     Captured,
     Conflicted,
+    ConflictResolved,
     DisputeOpened,
     DisputeResolved,
     Event,
@@ -41,13 +42,16 @@ from engine.domain.payment import (
     decide_reclaim,
     decide_refund,
     decide_request,
+    decide_resolve_conflict,
     decide_resolve_dispute,
     decide_void,
     replay,
     start,
+    statuses_matching_amounts,
 )
 
 S = PaymentStatus
+UNFLAGGED = [status for status in PaymentStatus if status is not S.CONFLICTED]
 PAY = new_id(IdPrefix.PAYMENT, random.Random(1).randbytes)
 OTHER_PAY = new_id(IdPrefix.PAYMENT, random.Random(2).randbytes)
 T0 = 1_000
@@ -148,6 +152,9 @@ def sample_event(payment: Payment, kind: str) -> Event:
         return DisputeOpened(payment_id=PAY, at=at, amount=1)
     if kind == DisputeResolved.kind:
         return DisputeResolved(payment_id=PAY, at=at, winner=Party.PAYER)
+    if kind == ConflictResolved.kind:
+        status = min(statuses_matching_amounts(payment))
+        return ConflictResolved(payment_id=PAY, at=at, status=status, reason="views agree")
     return Conflicted(payment_id=PAY, at=at, reason="ledger disagrees")
 
 
@@ -202,6 +209,92 @@ def test_conflicted_is_reachable_from_every_status() -> None:
         assert TRANSITIONS[(status, Conflicted.kind)] == {S.CONFLICTED}
 
 
+def conflicted(payment: Payment) -> Payment:
+    return apply(payment, Conflicted(payment_id=PAY, at=T0, reason="chain disagrees"))
+
+
+def test_only_a_conflicted_payment_can_be_resolved_and_into_any_other_status() -> None:
+    assert {status for status, kind in TRANSITIONS if kind == ConflictResolved.kind} == {
+        S.CONFLICTED
+    }
+    assert TRANSITIONS[(S.CONFLICTED, ConflictResolved.kind)] == set(UNFLAGGED)
+    for status in UNFLAGGED:
+        with pytest.raises(IllegalTransition) as raised:
+            decide_resolve_conflict(reach(status), status, "views agree", T0)
+        assert raised.value.code == "illegal_transition"
+
+
+@pytest.mark.parametrize("status", UNFLAGGED)
+def test_resolving_a_conflict_returns_the_payment_to_the_status_it_had_before(
+    status: PaymentStatus,
+) -> None:
+    before = reach(status)
+    flagged = conflicted(conflicted(before))
+    [event] = decide_resolve_conflict(flagged, status, "reconcile: books match again", T0 + 1)
+    assert apply(flagged, event) == before
+
+
+@pytest.mark.parametrize(
+    ("status", "described"),
+    [
+        (S.PENDING, {S.PENDING, S.FAILED}),
+        (S.FAILED, {S.PENDING, S.FAILED}),
+        (S.REQUIRES_CAPTURE, {S.REQUIRES_CAPTURE}),
+        (S.PARTIALLY_CAPTURED, {S.PARTIALLY_CAPTURED}),
+        (S.SUCCEEDED, {S.SUCCEEDED, S.DISPUTE_WON}),
+        (S.CANCELED, {S.CANCELED}),
+        (S.EXPIRED, {S.EXPIRED}),
+        (S.PARTIALLY_REFUNDED, {S.PARTIALLY_REFUNDED, S.DISPUTE_WON, S.DISPUTE_LOST}),
+        (S.REFUNDED, {S.REFUNDED, S.DISPUTE_LOST}),
+        (S.DISPUTED, {S.DISPUTED}),
+        (S.DISPUTE_WON, {S.SUCCEEDED, S.DISPUTE_WON}),
+        (S.DISPUTE_LOST, {S.PARTIALLY_REFUNDED, S.DISPUTE_WON, S.DISPUTE_LOST}),
+    ],
+)
+def test_the_amounts_name_one_status_unless_a_failure_or_a_decided_dispute_left_no_trace(
+    status: PaymentStatus, described: set[PaymentStatus]
+) -> None:
+    assert statuses_matching_amounts(reach(status)) == described
+
+
+@pytest.mark.parametrize(
+    ("status", "claimed"),
+    [
+        (S.PENDING, S.REQUIRES_CAPTURE),
+        (S.PARTIALLY_CAPTURED, S.SUCCEEDED),
+        (S.CANCELED, S.EXPIRED),
+        (S.SUCCEEDED, S.REFUNDED),
+        (S.REFUNDED, S.DISPUTE_WON),
+        (S.DISPUTED, S.DISPUTE_LOST),
+    ],
+)
+def test_a_resolution_to_a_status_the_amounts_do_not_describe_is_refused(
+    status: PaymentStatus, claimed: PaymentStatus
+) -> None:
+    flagged = conflicted(reach(status))
+    with pytest.raises(errors.InvalidEvent, match="does not fit the amounts") as raised:
+        decide_resolve_conflict(flagged, claimed, "views agree", T0)
+    assert raised.value.code == "invalid_event"
+    stored = ConflictResolved(payment_id=PAY, at=T0, status=claimed, reason="views agree")
+    with pytest.raises(errors.InvalidEvent):
+        apply(flagged, stored)  # a stored event is checked the same way on replay
+
+
+def test_a_resolved_history_replays_through_json_to_the_same_payment() -> None:
+    payment = captured(400)
+    history: list[Event] = [
+        *decide_request(PAY, TERMS, 1_000, T0),
+        Authorized(payment_id=PAY, at=T0, amount=1_000),
+        *decide_capture(authorized(), 400, T0, fee_bps=MIN_FEE_BPS),
+        Conflicted(payment_id=PAY, at=T0, reason="ledger disagrees"),
+        *decide_resolve_conflict(conflicted(payment), S.PARTIALLY_CAPTURED, "views agree", T0),
+    ]
+    payment = then(payment, decide_void(payment, T0))
+    history.extend(decide_void(replay(history), T0))
+    assert replay(event_from_dict(json.loads(json.dumps(e.to_dict()))) for e in history) == payment
+    assert payment.status is S.SUCCEEDED
+
+
 def _candidate_events() -> Iterator[Event]:
     """Every event with amounts up to 3 units, including ones the books must refuse."""
     for amount in (1, 2, 3):
@@ -215,6 +308,8 @@ def _candidate_events() -> Iterator[Event]:
     yield DisputeResolved(payment_id=PAY, at=T0, winner=Party.PAYER)
     yield DisputeResolved(payment_id=PAY, at=T0, winner=Party.MERCHANT)
     yield Conflicted(payment_id=PAY, at=T0, reason="drift")
+    for status in UNFLAGGED:
+        yield ConflictResolved(payment_id=PAY, at=T0, status=status, reason="views agree")
     yield PaymentRequested(payment_id=PAY, at=T0, terms=TERMS, amount=3)
 
 
@@ -239,6 +334,8 @@ def test_every_event_sequence_over_small_amounts_keeps_the_books_and_the_table()
                 continue
             assert listed is not None and after.status in listed
             assert_books_balance(after)
+            # What a resolution may return to is derived by the rules that got here.
+            assert after.status is S.CONFLICTED or after.status in statuses_matching_amounts(after)
             observed.add((payment.status, event.kind, after.status))
             if after not in seen:
                 seen.add(after)
@@ -627,6 +724,17 @@ class PaymentLifecycle(RuleBasedStateMachine):
         ok = self._in(S.DISPUTED)
         self._decide(ok, lambda: decide_resolve_dispute(self.payment, winner, self.now))
 
+    @rule()
+    def conflict_and_resolve(self) -> None:
+        before = self.payment
+        flagged = Conflicted(payment_id=PAY, at=self.now, reason="reconcile: drift")
+        self._decide(True, lambda: [flagged])
+        self._decide(False, lambda: decide_capture(self.payment, 1, self.now, fee_bps=MAX_FEE_BPS))
+        self._decide(
+            True, lambda: decide_resolve_conflict(self.payment, before.status, "agree", self.now)
+        )
+        assert self.payment == before
+
     @invariant()
     def books_balance(self) -> None:
         assert_books_balance(self.payment)
@@ -691,6 +799,13 @@ EVENT_STRATEGIES: dict[str, st.SearchStrategy[Event]] = {
         DisputeResolved, payment_id=payment_ids, at=times, winner=st.sampled_from(Party)
     ),
     Conflicted.kind: st.builds(Conflicted, payment_id=payment_ids, at=times, reason=reasons),
+    ConflictResolved.kind: st.builds(
+        ConflictResolved,
+        payment_id=payment_ids,
+        at=times,
+        status=st.sampled_from(UNFLAGGED),
+        reason=reasons,
+    ),
 }
 
 
@@ -723,6 +838,10 @@ def _refund_dict() -> dict[str, object]:
     return Refunded(payment_id=PAY, at=T0, amount=5).to_dict()
 
 
+def _resolved_dict() -> dict[str, object]:
+    return ConflictResolved(payment_id=PAY, at=T0, status=S.SUCCEEDED, reason="ok").to_dict()
+
+
 @pytest.mark.parametrize(
     "data",
     [
@@ -736,6 +855,10 @@ def _refund_dict() -> dict[str, object]:
         {**_refund_dict(), "note": "extra"},
         {k: v for k, v in _refund_dict().items() if k != "at"},
         {**DisputeResolved(payment_id=PAY, at=T0, winner=Party.PAYER).to_dict(), "winner": "me"},
+        {**_resolved_dict(), "status": "conflicted"},
+        {**_resolved_dict(), "status": "settled"},
+        {**_resolved_dict(), "status": None},
+        {k: v for k, v in _resolved_dict().items() if k != "reason"},
         {**Captured(payment_id=PAY, at=T0, amount=10, fee=0).to_dict(), "legs": [{"amount": 1}]},
         {**Captured(payment_id=PAY, at=T0, amount=10, fee=0).to_dict(), "fee": 11},
         {

@@ -12,16 +12,25 @@ from engine.chain.backends import AnvilBackend, EmbeddedBackend
 from engine.chain.binding import bind
 from engine.chain.escrow import terms_tuple
 from engine.chain.localnet import UNIT, LocalDeployment, deploy_local
-from engine.domain.events import Authorized, Captured, Conflicted, PaymentRequested
+from engine.domain.events import (
+    Authorized,
+    Captured,
+    Conflicted,
+    ConflictResolved,
+    Event,
+    PaymentRequested,
+)
 from engine.domain.ids import IdPrefix, new_id
 from engine.domain.money import fee_for
-from engine.domain.payment import Payment
+from engine.domain.payment import Payment, PaymentStatus, apply
 from engine.ops.reconcile import ChainTarget, ProviderView, RpcUrlMissing, cmd_reconcile, reconcile
 from engine.store.db import Database
 from engine.store.event_store import EventStore
 from engine.store.ledger import Ledger
 from engine.store.ledger_accounts import AccountKey, AccountKind, AssetKey
 from engine.store.ledger_entries import EntryState, NewEntry, Transfer
+from engine.store.ledger_events import entry_for
+from engine.store.projections import load, project, stored_form
 from engine.store.replay import verify_replay
 from tests.store.test_replay import book
 
@@ -72,10 +81,42 @@ def _held_payment(database: Database, world: LocalDeployment, captured: int = 0)
     return payment
 
 
-def _conflicts(database: Database, payment_id: str) -> int:
+def _kinds(database: Database, payment_id: str) -> list[str]:
     with database.snapshot() as conn:
-        stream = EventStore(database).read(conn, payment_id)
-    return sum(1 for stored in stream if stored.kind == Conflicted.kind)
+        return [stored.kind for stored in EventStore(database).read(conn, payment_id)]
+
+
+def _conflicts(database: Database, payment_id: str) -> int:
+    return _kinds(database, payment_id).count(Conflicted.kind)
+
+
+def _projected(database: Database, payment_id: str) -> Payment:
+    with database.snapshot() as conn:
+        current = load(conn, payment_id)
+    assert current is not None
+    return current.payment
+
+
+def _book_bogus_capture(
+    database: Database, world: LocalDeployment, payment: Payment, key: str = "bogus"
+) -> None:
+    """A posted entry paying the merchant 5 units that the chain never moved."""
+    asset = AssetKey(world.backend.chain_id, payment.terms.token)
+    bogus = Transfer(
+        AccountKey(asset, AccountKind.ESCROW_HELD),
+        AccountKey(asset, AccountKind.MERCHANT_SETTLED, payment.terms.merchant),
+        5 * UNIT,
+    )
+    with database.transaction() as conn:
+        entry = NewEntry.from_transfers(key, "captured", [bogus], payment.id)
+        Ledger().record(conn, entry, NOW, state=EntryState.POSTED)
+
+
+def _audit_and_replay_agree(database: Database, world: LocalDeployment) -> None:
+    with database.snapshot() as conn:
+        assert EventStore(database).verify(conn).ok
+        assert Ledger().verify(conn).ok
+    assert verify_replay(database, chain_id=world.backend.chain_id).differences == ()
 
 
 @pytest.fixture
@@ -93,6 +134,7 @@ def test_consistent_books_match_every_payment_and_the_escrow_balance(
         "details": [],
         "conflicted": [],
         "repaired": [],
+        "resolved": [],
     }
     assert [_conflicts(database, p.id) for p in payments] == [0, 0]
 
@@ -101,15 +143,7 @@ def test_a_posting_the_chain_never_made_conflicts_the_payment_once_and_repair_re
     database: Database, world: LocalDeployment, payments: list[Payment]
 ) -> None:
     payment = payments[0]
-    asset = AssetKey(world.backend.chain_id, payment.terms.token)
-    bogus = Transfer(
-        AccountKey(asset, AccountKind.ESCROW_HELD),
-        AccountKey(asset, AccountKind.MERCHANT_SETTLED, payment.terms.merchant),
-        5 * UNIT,
-    )
-    with database.transaction() as conn:
-        entry = NewEntry.from_transfers("bogus", "captured", [bogus], payment.id)
-        Ledger().record(conn, entry, NOW, state=EntryState.POSTED)
+    _book_bogus_capture(database, world, payment)
 
     first = reconcile(database, _target(world), now=NOW)
     again = reconcile(database, _target(world), now=NOW + 1)
@@ -152,6 +186,10 @@ def test_a_capture_behind_the_ledgers_back_is_found_and_repair_books_it(
     repaired = reconcile(database, _target(world), now=NOW + 1, repair=True)
     assert repaired.mismatched == 0
     assert _conflicts(database, payment.id) == 1
+    # The books are right now, but the stream never recorded the 30: its status cannot vouch
+    # for them, so the payment stays conflicted.
+    assert repaired.resolved == ()
+    assert _projected(database, payment.id).status is PaymentStatus.CONFLICTED
     with database.snapshot() as conn:
         kinds = [e.kind for e in Ledger().entries_of_payment(conn, payment.id)]
     # The mirror's two entries, reversed newest first, then the chain's three logs re-booked.
@@ -184,6 +222,138 @@ def test_replay_still_matches_the_live_books_after_a_conflict_is_marked(
     assert verify_replay(database, chain_id=world.backend.chain_id).differences == ()
 
 
+def test_repair_that_makes_the_books_match_again_resolves_the_conflict_once(
+    database: Database, world: LocalDeployment, payments: list[Payment]
+) -> None:
+    payment = payments[0]
+    _book_bogus_capture(database, world, payment)
+    reconcile(database, _target(world), now=NOW)
+    assert _projected(database, payment.id).status is PaymentStatus.CONFLICTED
+
+    repaired = reconcile(database, _target(world), now=NOW + 1, repair=True)
+
+    assert repaired.to_json()["resolved"] == [payment.id]
+    assert (repaired.mismatched, repaired.repaired) == (0, (payment.id,))
+    assert _kinds(database, payment.id)[-2:] == [Conflicted.kind, ConflictResolved.kind]
+    assert _projected(database, payment.id) == payment  # requires_capture, amounts untouched
+    events = len(_kinds(database, payment.id))
+    for rerun in (
+        reconcile(database, _target(world), now=NOW + 2),
+        reconcile(database, _target(world), now=NOW + 3, repair=True),
+    ):
+        assert (rerun.mismatched, rerun.conflicted, rerun.repaired, rerun.resolved) == (
+            0,
+            (),
+            (),
+            (),
+        )
+    assert len(_kinds(database, payment.id)) == events
+    _audit_and_replay_agree(database, world)
+
+
+def test_a_payment_still_mismatching_stays_conflicted(
+    database: Database, world: LocalDeployment, payments: list[Payment]
+) -> None:
+    payment = payments[0]
+    _book_bogus_capture(database, world, payment)
+
+    runs = [reconcile(database, _target(world), now=NOW + second) for second in range(3)]
+
+    assert [run.resolved for run in runs] == [(), (), ()]
+    assert [run.conflicted for run in runs] == [(payment.id,), (), ()]
+    assert _kinds(database, payment.id)[2:] == [Conflicted.kind]
+    assert _projected(database, payment.id).status is PaymentStatus.CONFLICTED
+
+
+def test_repaired_books_with_the_psp_still_disagreeing_keep_the_payment_conflicted(
+    database: Database, world: LocalDeployment, payments: list[Payment]
+) -> None:
+    payment = payments[0]
+    _book_bogus_capture(database, world, payment)
+    views = {payment.id: ProviderView(status="canceled")}
+
+    repaired = reconcile(database, _target(world), now=NOW, provider=views, repair=True)
+
+    assert (repaired.conflicted, repaired.repaired, repaired.resolved) == (
+        (payment.id,),
+        (payment.id,),
+        (),
+    )
+    assert repaired.to_json()["details"] == [
+        {"payment": payment.id, "field": "status", "ledger": "requires_capture", "psp": "canceled"}
+    ]
+    assert _projected(database, payment.id).status is PaymentStatus.CONFLICTED
+
+    agreeing = {payment.id: ProviderView(status="requires_capture")}
+    resolved = reconcile(database, _target(world), now=NOW + 1, provider=agreeing)
+    assert resolved.resolved == (payment.id,)
+    assert _kinds(database, payment.id).count(Conflicted.kind) == 1
+    _audit_and_replay_agree(database, world)
+
+
+def _confirm_like_the_mirror(
+    database: Database, payment: Payment, event: Event, key: str
+) -> Payment:
+    """The mirror's confirmation of a log whose entry it recorded pending: the event appended
+    and projected, the entry posted, in one transaction."""
+    with database.transaction() as conn:
+        current = load(conn, payment.id, lock=True)
+        assert current is not None
+        EventStore(database).append(conn, payment.id, current.version, [stored_form(event)])
+        project(conn, current, [event], current.version + 1)
+        Ledger().post(conn, key, NOW)
+    return apply(payment, event)
+
+
+def test_a_plain_run_resolves_a_conflict_once_the_mirror_caught_up(
+    database: Database, world: LocalDeployment, payments: list[Payment]
+) -> None:
+    payment = payments[1]  # 40 of 100 captured
+    _capture_on_chain(world, payment, 30 * UNIT)
+    reconcile(database, _target(world), now=NOW)  # the chain is ahead of the ledger
+    assert _projected(database, payment.id).status is PaymentStatus.CONFLICTED
+
+    # The indexer hands the capture's log out, still unconfirmed: booked pending.
+    capture = Captured(
+        payment_id=payment.id, at=NOW, amount=30 * UNIT, fee=fee_for(30 * UNIT, FEE_BPS)
+    )
+    entry = entry_for(capture, payment, chain_id=world.backend.chain_id, key="log:capture")
+    assert entry is not None
+    with database.transaction() as conn:
+        Ledger().record(conn, entry, NOW)
+    caught_up = reconcile(database, _target(world), now=NOW + 1)
+
+    assert (caught_up.mismatched, caught_up.resolved) == (0, (payment.id,))
+    assert _projected(database, payment.id) == payment  # partially_captured, 40 captured
+
+    # Confirmed later: the payment, no longer conflicted, takes the capture like any other.
+    payment = _confirm_like_the_mirror(database, payment, capture, "log:capture")
+    assert (payment.status, payment.captured) == (PaymentStatus.PARTIALLY_CAPTURED, 70 * UNIT)
+    assert _projected(database, payment.id) == payment
+    after = reconcile(database, _target(world), now=NOW + 2)
+    assert (after.mismatched, after.conflicted, after.resolved) == (0, (), ())
+    _audit_and_replay_agree(database, world)
+
+
+def test_the_same_discrepancy_after_a_resolution_conflicts_the_payment_again(
+    database: Database, world: LocalDeployment, payments: list[Payment]
+) -> None:
+    payment = payments[0]
+    _book_bogus_capture(database, world, payment, "bogus-1")
+    first = reconcile(database, _target(world), now=NOW, repair=True)
+    assert (first.conflicted, first.resolved) == ((payment.id,), (payment.id,))
+
+    _book_bogus_capture(database, world, payment, "bogus-2")
+    again = reconcile(database, _target(world), now=NOW + 1)
+
+    assert again.conflicted == (payment.id,)
+    assert _kinds(database, payment.id)[2:] == [
+        Conflicted.kind,
+        ConflictResolved.kind,
+        Conflicted.kind,
+    ]
+
+
 @pytest.mark.anvil
 def test_cmd_reconcile_batches_its_reads_over_json_rpc_and_repairs_from_anvil_logs(
     database: Database,
@@ -203,7 +373,11 @@ def test_cmd_reconcile_batches_its_reads_over_json_rpc_and_repairs_from_anvil_lo
         _capture_on_chain(world, payment, 10 * UNIT)
         assert cmd_reconcile(db_url, as_json=True, repair=True, rpc_url=anvil_process.url) == 0
         report = json.loads(capsys.readouterr().out)
-        assert (report["mismatched"], report["repaired"]) == (0, [payment.id])
+        assert (report["mismatched"], report["repaired"], report["resolved"]) == (
+            0,
+            [payment.id],
+            [],  # the stream lacks the 10 captured behind its back
+        )
         assert _conflicts(database, payment.id) == 1
     finally:
         backend.revert(snapshot)

@@ -16,6 +16,7 @@ from engine.domain.events import (
     Authorized,
     Captured,
     Conflicted,
+    ConflictResolved,
     DisputeOpened,
     DisputeResolved,
     Event,
@@ -28,7 +29,7 @@ from engine.domain.events import (
 )
 from engine.domain.ids import IdPrefix, PaymentTerms, new_id
 from engine.domain.money import Leg
-from engine.domain.payment import Payment, apply, decide_request, start
+from engine.domain.payment import Payment, PaymentStatus, apply, decide_request, start
 from engine.store.db import Database
 from engine.store.event_store import EventStore, NewEvent
 from engine.store.ledger import Ledger, scratch_tables
@@ -694,8 +695,11 @@ def test_a_refund_or_dispute_without_its_funder_is_refused() -> None:
     [
         Failed(payment_id=PAY, at=1_000, reason="permit reverted"),
         Conflicted(payment_id=PAY, at=1_000, reason="chain disagrees"),
+        ConflictResolved(
+            payment_id=PAY, at=1_000, status=PaymentStatus.REQUIRES_CAPTURE, reason="agree"
+        ),
     ],
-    ids=["failed", "conflicted"],
+    ids=["failed", "conflicted", "conflict_resolved"],
 )
 def test_events_that_move_no_money_book_no_entry(event: Event) -> None:
     assert entry_for(event, payment_after(), chain_id=CHAIN_ID, key="k") is None
