@@ -12,6 +12,11 @@ the payment's operation sequence, which the command fixes from the confirmed pro
 second command while one is in flight could only be judged against stale amounts, so it gets
 ``CommandConflict`` instead. Commands serialise on the event log's append lock, so of two
 concurrent commands on one payment exactly one is accepted.
+
+``PaymentService.execute`` takes a batch of commands (what an API grouping concurrent requests
+into one commit, or a merchant's bulk request, hands in): each is decided on its own, in order,
+and the accepted ones are written together through a ``PaymentBatch``, a few statements per
+table for the whole batch. The one-command methods are batches of one.
 """
 
 from __future__ import annotations

@@ -1,15 +1,21 @@
 """The outbox relay (DESIGN §5.3): delivers claimed escrow operations as settleBatch calls.
 
-One claim becomes one non-atomic ``settleBatch`` through the transaction manager, under an
-idempotency key derived from the claimed op ids: a relay that crashed after submitting and
+Each batch of claimed rows becomes one non-atomic ``settleBatch`` through the transaction
+manager, under an idempotency key derived from its op ids: a relay that crashed after submitting and
 claims the same rows again gets the same transaction back instead of sending another. A batch
 is non-atomic so that one refused operation (a payer without funds, say) does not hold back
 the others; the escrow logs it as ``OperationFailed`` and the chain mirror books that.
 
+A step claims up to ``batches_per_step`` batches' worth of rows and sends each batch under
+``batch_gas_limit``, a bound per operation kind, rather than an estimate: estimating costs the
+node several executions of the batch, more than mining it. Should the bound fall short, the
+escrow reverts the batch with ``BatchOutOfGas``; its rows fail retryably and go again, as a new
+transaction, under an estimate.
+
 Rows complete once the transaction is confirmed; that is delivery, not success, which the
-mirror learns from the logs. A transaction that reverted as a whole fails its rows for good
-(the same bytes would revert again); one whose nonce went to another transaction, or that
-could not be submitted for a passing reason, fails them retryably. An operation the escrow has
+mirror learns from the logs. An estimated transaction that reverted as a whole fails its rows
+for good (the same bytes would revert again); one whose nonce went to another transaction, or
+that could not be submitted for a passing reason, fails them retryably. An operation the escrow has
 already applied is refused by its sequence number when sent again, so a re-sent operation
 changes nothing on chain.
 """

@@ -18,7 +18,8 @@ terms and the amount an open dispute froze:
 The funder is whoever the escrow pulled a refund or dispute from (its logs name it): the
 merchant, whose merchant_settled account pays, or anyone else (the operator), whose refunds
 account does. A won dispute goes back to its funder, which the caller supplies again since the
-resolution's log does not repeat it. PaymentRequested, Failed and Conflicted move no money.
+resolution's log does not repeat it. PaymentRequested, Failed, Conflicted and ConflictResolved
+move no money.
 
 Payouts the escrow could not push (``Credited``) stay in the escrow as credits their owner
 withdraws later; ``credited`` and ``withdrawn`` book those, so that escrow_held, disputes and
