@@ -256,6 +256,10 @@ def bench_chain(as_json: JsonFlag = False) -> None:
 @user_errors
 def bench_core(
     payments: Annotated[int, typer.Option("--payments", min=1)] = 1000,
+    arrivals: Annotated[
+        int,
+        typer.Option("--arrivals", min=0, help="Checkouts per engine step (0: one burst)."),
+    ] = 250,
     db: Annotated[
         str | None,
         typer.Option("--db", help="PostgreSQL server URL (default: the local test server)."),
@@ -265,7 +269,7 @@ def bench_core(
     """Payments per second settled end to end (authorize and capture posted), per backend."""
     from engine.saga.bench_core import cmd_bench_core
 
-    raise typer.Exit(cmd_bench_core(as_json, payments, db))
+    raise typer.Exit(cmd_bench_core(as_json, payments, db, arrivals))
 
 
 @app.command("gas-report")

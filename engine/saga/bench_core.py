@@ -1,10 +1,11 @@
 """`settle bench core`: payments fully settled per second through the whole pipeline.
 
 A payment counts once its authorization and its capture are both posted in the ledger, having
-gone command → outbox → relay → tx manager → escrow → indexer → chain mirror. Every payment is
-created up front (a burst of checkouts); each is captured as soon as its authorization is
-posted, as a merchant capturing on request would. The clock runs from the first command to the
-last posted capture, so SQL bookkeeping, signing and the chain are all part of the price.
+gone command → outbox → relay → tx manager → escrow → indexer → chain mirror. Checkouts arrive
+as a steady stream, ``arrivals`` per engine step (0 makes one burst of them all); each payment
+is captured as soon as its authorization is posted, as a merchant capturing on request would.
+The clock runs from the first command to the last posted capture, so SQL bookkeeping, signing
+and the chain are all part of the price.
 
 posting_lag is the wall time from a capture command's acceptance to the step after which its
 ledger entry is seen posted: the loop looks once per engine step, so the figure is exact to one
@@ -20,7 +21,7 @@ import math
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +32,22 @@ from sqlalchemy import create_engine, select, text
 from engine.chain.anvil import AnvilConfig
 from engine.chain.backends import AnvilBackend, ChainBackend, EmbeddedBackend
 from engine.chain.localnet import UNIT
-from engine.saga.commands import Capture, CommandOutcome, Create, Refusal
+from engine.saga.commands import (
+    Capture,
+    Command,
+    CommandOutcome,
+    Create,
+    PaymentService,
+    Refusal,
+)
 from engine.saga.engine import SettlementEngine
 from engine.store.db import normalise_url
 from engine.store.schema import ledger_entries
 
 PAYMENTS_DEFAULT: Final = 1000
+# Checkouts arriving per engine step: a steady stream, as a live shop sees, rather than one
+# burst whose last capture would queue behind every other payment's work.
+ARRIVALS_DEFAULT: Final = 250
 POSTGRES_URL_DEFAULT: Final = "postgresql://postgres@127.0.0.1:5432/test"
 AMOUNT: Final = UNIT
 FEE_BPS: Final = 50
@@ -73,26 +84,30 @@ class CoreFigures:
         }
 
 
-def settle_payments(engine: SettlementEngine, payments: int) -> CoreFigures:
-    """Create ``payments`` payments, capture each once authorized, until all are posted."""
-    assert payments > 0, payments
+def settle_payments(
+    engine: SettlementEngine, payments: int, arrivals: int = ARRIVALS_DEFAULT
+) -> CoreFigures:
+    """Create ``payments`` payments, ``arrivals`` per engine step (0: all at once), capture
+    each once authorized, until all are posted."""
+    assert payments > 0 and arrivals >= 0, (payments, arrivals)
     world = engine.deployment
     service = engine.service
     terms = [world.terms(AMOUNT) for _ in range(payments)]
     signatures = [world.payer_signature(item) for item in terms]
-    started = time.perf_counter()
-    to_authorize: set[str] = set()
     creates = [
         Create(f"bench-create-{index}", item, AMOUNT, signature)
         for index, (item, signature) in enumerate(zip(terms, signatures, strict=True))
     ]
-    for first in range(0, len(creates), COMMANDS_PER_BATCH):
-        to_authorize.update(_accepted(service.execute(creates[first : first + COMMANDS_PER_BATCH])))
+    per_step = arrivals or payments
+    started = time.perf_counter()
+    to_authorize: set[str] = set()
     to_capture: dict[str, float] = {}
     lags: list[float] = []
-    for _ in range(STEPS_MAX):
-        if not (to_authorize or to_capture):
+    for step in range(STEPS_MAX):
+        arriving = creates[step * per_step : (step + 1) * per_step]
+        if not (arriving or to_authorize or to_capture):
             break
+        to_authorize.update(_submitted(service, arriving))
         engine.step()
         authorized = _posted(engine, "authorized", to_authorize)
         captured = _posted(engine, "captured", set(to_capture))
@@ -103,16 +118,22 @@ def settle_payments(engine: SettlementEngine, payments: int) -> CoreFigures:
             Capture(f"bench-capture-{payment_id}", payment_id, AMOUNT, FEE_BPS)
             for payment_id in sorted(authorized)
         ]
-        for first in range(0, len(captures), COMMANDS_PER_BATCH):
-            accepted = _accepted(service.execute(captures[first : first + COMMANDS_PER_BATCH]))
-            at = time.perf_counter()
-            to_capture.update(dict.fromkeys(accepted, at))
+        accepted = _submitted(service, captures)
+        to_capture.update(dict.fromkeys(accepted, time.perf_counter()))
     else:
         raise NotSettled(
             f"{len(to_authorize)} not authorized, {len(to_capture)} not captured "
             f"after {STEPS_MAX} steps"
         )
     return CoreFigures(payments, time.perf_counter() - started, tuple(lags))
+
+
+def _submitted(service: PaymentService, commands: Sequence[Command]) -> list[str]:
+    """The payments of ``commands``, sent in batches; a refusal here is a bug, not a figure."""
+    accepted: list[str] = []
+    for first in range(0, len(commands), COMMANDS_PER_BATCH):
+        accepted += _accepted(service.execute(commands[first : first + COMMANDS_PER_BATCH]))
+    return accepted
 
 
 def _accepted(results: list[CommandOutcome | Refusal]) -> list[str]:
@@ -142,10 +163,12 @@ def _posted(engine: SettlementEngine, kind: str, payment_ids: set[str]) -> set[s
     return found
 
 
-def bench_backend(db_url: str, backend: ChainBackend, payments: int) -> CoreFigures:
+def bench_backend(
+    db_url: str, backend: ChainBackend, payments: int, arrivals: int = ARRIVALS_DEFAULT
+) -> CoreFigures:
     engine = SettlementEngine(db_url, backend)
     try:
-        return settle_payments(engine, payments)
+        return settle_payments(engine, payments, arrivals)
     finally:
         engine.close()
 
@@ -168,14 +191,17 @@ def fresh_schema(server_url: str) -> Iterator[str]:
         admin.dispose()
 
 
-def bench_anvil_postgresql(server_url: str, payments: int) -> CoreFigures:
+def bench_anvil_postgresql(
+    server_url: str, payments: int, arrivals: int = ARRIVALS_DEFAULT
+) -> CoreFigures:
     with fresh_schema(server_url) as url, AnvilBackend.launch(AnvilConfig()) as backend:
-        return bench_backend(url, backend, payments)
+        return bench_backend(url, backend, payments, arrivals)
 
 
-def bench_embedded_sqlite(payments: int) -> CoreFigures:
+def bench_embedded_sqlite(payments: int, arrivals: int = ARRIVALS_DEFAULT) -> CoreFigures:
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBackend() as backend:
-        return bench_backend(f"sqlite:///{Path(tmp) / 'bench.db'}", backend, payments)
+        url = f"sqlite:///{Path(tmp) / 'bench.db'}"
+        return bench_backend(url, backend, payments, arrivals)
 
 
 Report = dict[str, dict[str, dict[str, float]]]
@@ -185,19 +211,23 @@ def to_report(runs: Mapping[str, CoreFigures]) -> Report:
     return {"backends": {name: figures.to_dict() for name, figures in runs.items()}}
 
 
-def measure(payments: int, db_url: str | None) -> Report:
+def measure(payments: int, db_url: str | None, arrivals: int = ARRIVALS_DEFAULT) -> Report:
     """Both backends, one after the other (they would share the machine's two cores)."""
     return to_report(
         {
-            "anvil+postgresql": bench_anvil_postgresql(db_url or POSTGRES_URL_DEFAULT, payments),
-            "embedded+sqlite": bench_embedded_sqlite(payments),
+            "anvil+postgresql": bench_anvil_postgresql(
+                db_url or POSTGRES_URL_DEFAULT, payments, arrivals
+            ),
+            "embedded+sqlite": bench_embedded_sqlite(payments, arrivals),
         }
     )
 
 
-def cmd_bench_core(as_json: bool, payments: int, db_url: str | None) -> int:
-    """`settle bench core [--json] [--payments N] [--db POSTGRES_URL]`."""
-    result = measure(payments, db_url)
+def cmd_bench_core(
+    as_json: bool, payments: int, db_url: str | None, arrivals: int = ARRIVALS_DEFAULT
+) -> int:
+    """`settle bench core [--json] [--payments N] [--arrivals N] [--db POSTGRES_URL]`."""
+    result = measure(payments, db_url, arrivals)
     if as_json:
         print(json.dumps(result))
         return 0
