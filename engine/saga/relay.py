@@ -137,8 +137,9 @@ class Relay:
         self._arbiter = arbiter
         self._batch_ops_max = batch_ops_max
         self._batches_per_step = batches_per_step
-        # Submitted batches not yet final, by transaction key. After a restart their rows come
-        # back once their lease runs out, and the same claim finds the same transaction.
+        # Submitted transactions (batches, arbiter calls) not yet final, by key. After a restart
+        # their rows come back once their lease runs out, and the same claim finds the same
+        # transaction.
         self._watching: dict[str, tuple[OutboxRow, ...]] = {}
 
     @property
