@@ -7,6 +7,11 @@ other arguments is refused. A command writes its events (a new payment's ``Payme
 chain facts are written later by the mirror), the escrow operation it owes (an outbox row whose
 ``op_id`` is derived from the key) and its own row, or nothing at all.
 
+Disputes are commands like the others: ``OpenDispute`` freezes captured money (funded by the
+merchant, through the escrow's ``approveFunding``) and ``ResolveDispute`` releases it to the
+winner. The escrow takes them from its arbiter only, not in a batch; the relay sends their
+outbox rows on the arbiter's lane.
+
 A payment has at most one escrow operation on its way at a time. The escrow checks each against
 the payment's operation sequence, which the command fixes from the confirmed projection; a
 second command while one is in flight could only be judged against stale amounts, so it gets
@@ -30,9 +35,16 @@ from typing import ClassVar, TypeAlias
 from sqlalchemy import Connection, select
 
 from engine.domain.errors import DomainError
-from engine.domain.events import Failed, PaymentRequested
+from engine.domain.events import Failed, Party, PaymentRequested
 from engine.domain.ids import IdPrefix, PaymentTerms, new_id
-from engine.domain.payment import decide_capture, decide_refund, decide_request, decide_void
+from engine.domain.payment import (
+    decide_capture,
+    decide_open_dispute,
+    decide_refund,
+    decide_request,
+    decide_resolve_dispute,
+    decide_void,
+)
 from engine.saga.payment_batch import CommandRow, PaymentBatch
 from engine.store.db import Database
 from engine.store.event_store import Json, canonical_json
@@ -43,13 +55,22 @@ from engine.store.schema import payment_commands
 IDEMPOTENCY_KEY_LENGTH_MAX = 150
 # Keys one look-up binds: inside every backend's parameter limit.
 _KEYS_PER_QUERY_MAX = 500
-_OP_KIND = {"create": "authorize", "capture": "capture", "void": "void", "refund": "refund"}
+_OP_KIND = {
+    "create": "authorize",
+    "capture": "capture",
+    "void": "void",
+    "refund": "refund",
+    "open_dispute": "open_dispute",
+    "resolve_dispute": "resolve_dispute",
+}
 # The chain fact that completes each command.
 COMPLETING_EVENT = {
     "create": "authorized",
     "capture": "captured",
     "void": "voided",
     "refund": "refunded",
+    "open_dispute": "dispute_opened",
+    "resolve_dispute": "dispute_resolved",
 }
 
 
@@ -132,7 +153,26 @@ class Refund:
     amount: int
 
 
-Command: TypeAlias = Create | Capture | Void | Refund
+@dataclass(frozen=True, slots=True)
+class OpenDispute:
+    """Freeze ``amount`` of the captured money while the dispute is open (the merchant funds
+    it)."""
+
+    key: str
+    payment_id: str
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResolveDispute:
+    """Close the open dispute: the frozen money goes to the payer or back to the merchant."""
+
+    key: str
+    payment_id: str
+    winner: Party
+
+
+Command: TypeAlias = Create | Capture | Void | Refund | OpenDispute | ResolveDispute
 # What a command in a batch may get instead of an outcome; it wrote nothing.
 Refusal: TypeAlias = CommandError | DomainError
 
@@ -160,6 +200,12 @@ class PaymentService:
 
     def refund(self, key: str, payment_id: str, amount: int) -> CommandOutcome:
         return self._one(Refund(key, payment_id, amount))
+
+    def open_dispute(self, key: str, payment_id: str, amount: int) -> CommandOutcome:
+        return self._one(OpenDispute(key, payment_id, amount))
+
+    def resolve_dispute(self, key: str, payment_id: str, winner: Party) -> CommandOutcome:
+        return self._one(ResolveDispute(key, payment_id, winner))
 
     def execute(self, commands: Sequence[Command]) -> list[CommandOutcome | Refusal]:
         """Decide ``commands`` in order, each on its own, and commit the accepted ones in one
@@ -242,6 +288,12 @@ class PaymentService:
                 case Refund(amount=amount):
                     decide_refund(current.payment, amount, now)
                     payload["amount"] = amount
+                case OpenDispute(amount=amount):
+                    decide_open_dispute(current.payment, amount, now)
+                    payload["amount"] = amount
+                case ResolveDispute(winner=winner):
+                    decide_resolve_dispute(current.payment, winner, now)
+                    payload["payer_wins"] = winner is Party.PAYER
         outcome = CommandOutcome(payment_id, kind, op_id_for(command.key))
         batch.accept(
             CommandRow(
@@ -309,6 +361,10 @@ def _request(command: Command) -> tuple[str, dict[str, Json]]:
             return "void", {"payment_id": payment_id}
         case Refund(payment_id=payment_id, amount=amount):
             return "refund", {"payment_id": payment_id, "amount": amount}
+        case OpenDispute(payment_id=payment_id, amount=amount):
+            return "open_dispute", {"payment_id": payment_id, "amount": amount}
+        case ResolveDispute(payment_id=payment_id, winner=winner):
+            return "resolve_dispute", {"payment_id": payment_id, "winner": str(winner)}
 
 
 def _current(batch: PaymentBatch, payment_id: str) -> ProjectedPayment:

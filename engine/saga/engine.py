@@ -88,7 +88,8 @@ class SettlementEngine:
         self.txmanager = TxManager(
             self.db,
             rpc_for(backend.w3),
-            [self.deployment.operator.account],
+            # The operator sends the batches, the arbiter the dispute calls: one lane each.
+            [self.deployment.operator.account, self.deployment.arbiter.account],
             TxManagerConfig(
                 self.chain_id,
                 FeePolicy(max_fee_per_gas_cap=FEE_CAP_PER_GAS),
@@ -97,7 +98,16 @@ class SettlementEngine:
             SystemClock(),
         )
         worker = worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
-        self.relay = Relay(self.db, self.outbox, self.txmanager, escrow, worker, self.now)
+        self.relay = Relay(
+            self.db,
+            self.outbox,
+            self.txmanager,
+            escrow,
+            worker,
+            self.now,
+            operator=self.deployment.operator.address,
+            arbiter=self.deployment.arbiter.address,
+        )
         self.indexer = Indexer(
             self.db,
             backend.w3,

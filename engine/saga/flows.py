@@ -3,9 +3,11 @@
 Direct checkout: hold, then capture on request (a ``capture`` signal) or at once.
 PSP-bridged: a card processor decides and the escrow follows, driven by normalized
 ``PspEvent``s: authorized → hold, captured → capture, failed or canceled → void (or nothing,
-before a hold), chargeback → refund. The pipeline has no dispute command yet (the escrow's
-disputes are the arbiter's, not the operator's), so a chargeback refunds what the processor
-charged back instead of opening a dispute.
+before a hold), chargeback → open a dispute freezing the charged-back amount (funded by the
+merchant), then the processor's outcome resolves it: dispute_won → the merchant wins (the
+amount is released back to it), dispute_lost → the payer wins (the amount goes to the payer).
+The escrow opens disputes on settled money only, so a chargeback while the hold is still open
+fails its step and the saga compensates by voiding the hold.
 
 Both flows share the expiry policy: a hold nobody captured is voided ``void_margin_s`` before
 its authorization expires, or, without a margin, left for the payer to reclaim; a reclaim the
@@ -18,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from engine.domain.events import Party
 from engine.domain.ids import PaymentTerms
 from engine.domain.payment import PaymentStatus
 from engine.saga.orchestrator import Flow, Orchestrator, Plan, SagaView, SignalRejected, Step
@@ -25,7 +28,11 @@ from engine.store.event_store import Json
 
 EXPIRY_TIMER = "void_before_expiry"
 _HOLD_OPEN = (PaymentStatus.REQUIRES_CAPTURE, PaymentStatus.PARTIALLY_CAPTURED)
-PspEventKind = Literal["authorized", "captured", "failed", "canceled", "chargeback"]
+PspEventKind = Literal[
+    "authorized", "captured", "failed", "canceled", "chargeback", "dispute_won", "dispute_lost"
+]
+# Who wins the dispute a processor's outcome closes (won and lost from the merchant's side).
+_DISPUTE_WINNER = {"dispute_won": Party.MERCHANT, "dispute_lost": Party.PAYER}
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +123,11 @@ class _HoldFlow:
     def on_step_done(self, saga: SagaView, step: Step) -> Plan:
         if step.action == "create":
             return Plan()  # the hold waits for a capture, a void or its expiry
+        if step.action == "open_dispute":
+            return Plan()  # the dispute waits for the processor's outcome
+        if step.action == "resolve_dispute":
+            merchant_won = step.args["winner"] == Party.MERCHANT
+            return Plan(finish="dispute_won" if merchant_won else "dispute_lost")
         payment = saga.payment
         assert payment is not None
         if step.action == "capture" and payment.capturable > 0:
@@ -158,8 +170,14 @@ class PspBridged(_HoldFlow):
             return Plan(steps=[_capture(saga, amount)])
         if name in ("failed", "canceled"):
             return Plan(steps=[Step("void")]) if held else Plan(finish=name)
-        if name == "chargeback" and held:
-            return Plan(steps=[Step("refund", {"amount": amount})])
+        dispute_open = bool(saga.context.get("dispute_open"))
+        if name == "chargeback" and held and not dispute_open:
+            context = {**saga.context, "dispute_open": True}
+            return Plan(steps=[Step("open_dispute", {"amount": amount})], context=context)
+        if name in _DISPUTE_WINNER and dispute_open:
+            context = {**saga.context, "dispute_open": False}
+            winner = _DISPUTE_WINNER[name]
+            return Plan(steps=[Step("resolve_dispute", {"winner": str(winner)})], context=context)
         raise SignalRejected(f"PSP event {name!r} does not fit a payment in this state")
 
 

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from sqlalchemy import Connection, Row, and_, func, insert, select, update
 
 from engine.domain.errors import DomainError
+from engine.domain.events import Party
 from engine.domain.ids import PaymentTerms
 from engine.domain.payment import Payment
 from engine.saga.commands import CommandConflict, CommandError, CommandOutcome
@@ -55,10 +56,15 @@ class PaymentCommands(Protocol):
 
     def refund(self, key: str, payment_id: str, amount: int) -> CommandOutcome: ...
 
+    def open_dispute(self, key: str, payment_id: str, amount: int) -> CommandOutcome: ...
+
+    def resolve_dispute(self, key: str, payment_id: str, winner: Party) -> CommandOutcome: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """One payment command a flow asks for: ``action`` is create, capture, void or refund."""
+    """One payment command a flow asks for: ``action`` is create, capture, void, refund,
+    open_dispute or resolve_dispute."""
 
     action: str
     args: Mapping[str, Json] = field(default_factory=dict)
@@ -405,6 +411,10 @@ class Orchestrator:
             return self._service.void(key, payment_id)
         if step.action == "refund":
             return self._service.refund(key, payment_id, int(args["amount"]))
+        if step.action == "open_dispute":
+            return self._service.open_dispute(key, payment_id, int(args["amount"]))
+        if step.action == "resolve_dispute":
+            return self._service.resolve_dispute(key, payment_id, Party(args["winner"]))
         raise ValueError(f"unknown saga step action {step.action!r}")
 
     def _record_failure(

@@ -1,4 +1,5 @@
-"""The outbox relay (DESIGN §5.3): delivers claimed escrow operations as settleBatch calls.
+"""The outbox relay (DESIGN §5.3): delivers claimed escrow operations as settleBatch calls,
+and dispute operations as the arbiter's own calls.
 
 Each batch of claimed rows becomes one non-atomic ``settleBatch`` through the transaction
 manager, under an idempotency key derived from its op ids: a relay that crashed after submitting and
@@ -18,6 +19,12 @@ for good (the same bytes would revert again); one whose nonce went to another tr
 that could not be submitted for a passing reason, fails them retryably. An operation the escrow has
 already applied is refused by its sequence number when sent again, so a re-sent operation
 changes nothing on chain.
+
+Disputes are not batch operations: the escrow takes ``openDispute`` and ``resolveDispute`` from
+its arbiter only. Each such row is sent as a transaction of its own on the arbiter's lane (the
+batches stay on the operator's), under a key derived from its op id, and is watched, completed
+and failed like a batch of one. Its gas is estimated, so a revert on chain is final; a refusal
+the escrow gives before it is sent (a stale sequence, no open dispute) fails it at once.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from dataclasses import dataclass, field
 from web3.contract import Contract
 
 from engine.chain.errors import ChainError
-from engine.chain.escrow import BatchOp, Method, batch_gas_limit, encode_batch
+from engine.chain.escrow import BatchOp, Method, batch_gas_limit, encode_batch, terms_tuple
 from engine.chain.reverts import ContractReverted
 from engine.chain.tx_errors import UnknownIdempotencyKey
 from engine.chain.tx_store import TxRecord, TxStatus
@@ -45,6 +52,21 @@ BATCH_OPS_MAX = 100  # the escrow takes 256 records per batch; smaller batches e
 # Batches one step claims and sends: enough to keep the chain busy, few enough that a step's
 # claim stays short and its leases do not run out before the batches are final.
 BATCHES_PER_STEP = 10
+# Outbox kinds the escrow takes from its arbiter, one call each, not in a batch.
+ARBITER_KINDS = frozenset({"open_dispute", "resolve_dispute"})
+# Ends the key of a transaction sent under an estimate, not under the batch gas bound: a
+# revert of it is final.
+_ESTIMATED = ":estimated"
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """A transaction the relay submits: its idempotency key, calldata and gas limit (None:
+    estimated)."""
+
+    key: str
+    data: bytes
+    gas_limit: int | None
 
 
 @dataclass
@@ -75,6 +97,25 @@ def batch_op(row: OutboxRow) -> BatchOp:
     raise ValueError(f"no escrow operation for outbox kind {row.kind!r}")
 
 
+def arbiter_call(escrow: Contract, row: OutboxRow) -> bytes:
+    """The calldata of the arbiter's dispute call an outbox row asks for; the merchant funds
+    a dispute (it approved the arbiter with ``approveFunding``)."""
+    payload = row.payload
+    terms = terms_tuple(PaymentTerms.from_dict(payload["terms"]))  # type: ignore[arg-type]
+    seq = int(payload["seq"])  # type: ignore[arg-type]
+    if row.kind == "open_dispute":
+        amount = int(payload["amount"])  # type: ignore[arg-type]
+        data = escrow.encode_abi("openDispute", args=[terms, seq, amount, True])
+    elif row.kind == "resolve_dispute":
+        payer_wins = payload["payer_wins"]
+        if not isinstance(payer_wins, bool):
+            raise TypeError("payer_wins must be a boolean")
+        data = escrow.encode_abi("resolveDispute", args=[terms, seq, payer_wins])
+    else:
+        raise ValueError(f"no arbiter call for outbox kind {row.kind!r}")
+    return bytes.fromhex(data[2:])
+
+
 class Relay:
     def __init__(
         self,
@@ -84,19 +125,27 @@ class Relay:
         escrow: Contract,
         worker_id: str,
         clock: Callable[[], int],
+        *,
+        operator: str,
+        arbiter: str,
         batch_ops_max: int = BATCH_OPS_MAX,
         batches_per_step: int = BATCHES_PER_STEP,
     ) -> None:
+        """``operator`` and ``arbiter`` are the transaction manager's lanes (signer addresses)
+        for batches and for dispute calls."""
         self._db = db
         self._outbox = outbox
         self._txm = txmanager
         self._escrow = escrow
         self._worker_id = worker_id
         self._clock = clock
+        self._operator = operator
+        self._arbiter = arbiter
         self._batch_ops_max = batch_ops_max
         self._batches_per_step = batches_per_step
-        # Submitted batches not yet final, by transaction key. After a restart their rows come
-        # back once their lease runs out, and the same claim finds the same transaction.
+        # Submitted transactions (batches, arbiter calls) not yet final, by key. After a restart
+        # their rows come back once their lease runs out, and the same claim finds the same
+        # transaction.
         self._watching: dict[str, tuple[OutboxRow, ...]] = {}
 
     @property
@@ -116,35 +165,61 @@ class Relay:
         with self._db.transaction() as conn:
             claim = self._outbox.claim(conn, self._worker_id, self._clock(), limit)
         report.claimed = len(claim.rows)
-        for first in range(0, len(claim.rows), self._batch_ops_max):
-            self._submit(claim.rows[first : first + self._batch_ops_max], report)
+        batched = [row for row in claim.rows if row.kind not in ARBITER_KINDS]
+        for first in range(0, len(batched), self._batch_ops_max):
+            self._submit_batch(batched[first : first + self._batch_ops_max], report)
+        for row in claim.rows:
+            if row.kind in ARBITER_KINDS:
+                self._submit_arbiter_call(row, report)
         return report
 
-    def _submit(self, rows: Sequence[OutboxRow], report: RelayReport) -> None:
-        key = "relay:" + hashlib.sha256(",".join(row.op_id for row in rows).encode()).hexdigest()
-        try:
+    def _submit_batch(self, rows: Sequence[OutboxRow], report: RelayReport) -> None:
+        def request() -> _Request:
+            key = "relay:" + hashlib.sha256(",".join(r.op_id for r in rows).encode()).hexdigest()
             ops = [batch_op(row) for row in rows]
             data = self._escrow.encode_abi("settleBatch", args=[encode_batch(ops), False])
-            gas_limit: int | None = batch_gas_limit(ops)
             if self._bound_fell_short(key, rows):
-                key, gas_limit = key + ":estimated", None
+                return _Request(key + _ESTIMATED, bytes.fromhex(data[2:]), None)
+            return _Request(key, bytes.fromhex(data[2:]), batch_gas_limit(ops))
+
+        self._send(rows, self._operator, request, report)
+
+    def _submit_arbiter_call(self, row: OutboxRow, report: RelayReport) -> None:
+        def request() -> _Request:
+            key = f"relay:{row.op_id}{_ESTIMATED}"
+            return _Request(key, arbiter_call(self._escrow, row), None)
+
+        self._send([row], self._arbiter, request, report)
+
+    def _send(
+        self,
+        rows: Sequence[OutboxRow],
+        lane: str,
+        request: Callable[[], _Request],
+        report: RelayReport,
+    ) -> None:
+        """Submit the transaction ``request`` builds for ``rows`` on ``lane`` and watch it."""
+        try:
+            built = request()
             self._txm.submit(
                 self._escrow.address,
-                bytes.fromhex(data[2:]),
-                idempotency_key=key,
-                gas_limit=gas_limit,
+                built.data,
+                idempotency_key=built.key,
+                lane=lane,
+                gas_limit=built.gas_limit,
             )
-        except (ValueError, KeyError, TypeError) as error:  # a payload no batch can carry
+        except (ValueError, KeyError, TypeError) as error:  # a payload no call can carry
             self._fail(rows, f"malformed operation: {error}", False, report)
             return
         except ChainError as error:
             # Reverted estimates are permanent: a non-atomic batch only reverts as a whole for
-            # reasons that do not pass (malformed, not the operator). The rest may pass.
+            # reasons that do not pass (malformed, not the operator), and an arbiter call the
+            # escrow refuses now would be refused again. The rest may pass.
             permanent = isinstance(error, ContractReverted)
             self._fail(rows, f"{type(error).__name__}: {error}", not permanent, report)
             return
         report.submitted += len(rows)
-        self._watching[key] = tuple(rows)
+        self._watching[built.key] = tuple(rows)
 
     def _bound_fell_short(self, key: str, rows: Sequence[OutboxRow]) -> bool:
         """Whether these rows went out before under the gas bound and that transaction
@@ -174,7 +249,7 @@ class Relay:
         reason = f"transaction {record.status.value}: {record.error_code or ''}"
         # A batch sent under the gas bound that reverted may have run short of gas
         # (BatchOutOfGas): its rows go again, estimated. An estimated one reverted for good.
-        estimated = record.idempotency_key.endswith(":estimated")
+        estimated = record.idempotency_key.endswith(_ESTIMATED)
         retryable = record.status is TxStatus.REPLACED or (
             record.status is TxStatus.FAILED and not estimated
         )

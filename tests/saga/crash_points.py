@@ -44,7 +44,7 @@ CRASH_POINTS = (
     # it commits.
     CrashPoint("command_after_enqueue", lambda e: e.service._outbox, "enqueue_many", When.AFTER),
     # The relay claimed rows (committed) and dies before submitting them.
-    CrashPoint("relay_after_claim", lambda e: e.relay, "_submit", When.BEFORE),
+    CrashPoint("relay_after_claim", lambda e: e.relay, "_send", When.BEFORE),
     # The tx manager recorded the batch's transaction; the relay never starts watching it.
     CrashPoint("relay_after_tx_submit", lambda e: e.txmanager, "submit", When.AFTER),
     # The transaction is confirmed; completing the outbox rows rolls back.

@@ -1,4 +1,5 @@
-"""Helpers shared by the saga tests: start a checkout, tick until idle, read the books."""
+"""Helpers shared by the saga tests: start a checkout, tick until idle, read the books and
+check them against the chain."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ from engine.domain.payment import Payment
 from engine.saga.engine import SettlementEngine
 from engine.saga.flows import DEFAULT_EXPIRY, ExpiryPolicy, start_direct_checkout
 from engine.saga.orchestrator import Orchestrator, TickReport
-from engine.store.projections import load
+from engine.store.event_store import EventStore
+from engine.store.ledger import Ledger
+from engine.store.ledger_accounts import AssetKey
+from engine.store.projections import load, load_all
+from engine.store.replay import verify_replay
 from engine.store.schema import saga_steps, sagas
 
 AMOUNT = 100 * UNIT
@@ -79,3 +84,29 @@ def steps_of(engine: SettlementEngine, saga_id: str) -> list[tuple[str, str, str
             select(s.action, s.role, s.status).where(s.saga_id == saga_id).order_by(s.seq)
         ).all()
     return [(str(action), str(role), str(status)) for action, role, status in rows]
+
+
+def assert_books_match_chain(engine: SettlementEngine) -> None:
+    """The projection agrees with the escrow, the ledger balances and holds what the escrow
+    holds, and the event log verifies and replays to the same state."""
+    world = engine.deployment
+    ledger = Ledger()
+    asset = AssetKey(engine.chain_id, world.token.address)
+    with engine.db.snapshot() as conn:
+        projected = load_all(conn)
+        for item in projected:
+            capturable, refundable, seq = world.escrow.functions.payments(
+                item.chain_payment_id
+            ).call()
+            payment = item.payment
+            assert (capturable, refundable, seq) == (
+                payment.capturable,
+                payment.refundable,
+                item.chain_seq,
+            ), payment
+        for balance in ledger.trial_balance(conn).values():
+            assert (balance.posted, balance.pending) == (0, 0)
+        assert ledger.verify(conn).ok
+        assert ledger.escrow_holdings(conn, asset) == world.balance(world.escrow.address)
+        assert EventStore(engine.db).verify(conn).ok
+    assert verify_replay(engine.db, chain_id=engine.chain_id).identical

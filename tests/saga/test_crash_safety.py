@@ -34,6 +34,7 @@ from web3.types import RPCEndpoint
 from engine.chain.backends import AnvilBackend, ChainBackend, EmbeddedBackend
 from engine.chain.localnet import UNIT, LocalDeployment, deploy_local
 from engine.domain.errors import DomainError
+from engine.domain.events import Party
 from engine.domain.payment import Payment
 from engine.ops.reconcile import ChainTarget, reconcile
 from engine.saga.commands import CommandError, CommandOutcome
@@ -51,7 +52,7 @@ from tests.saga.crash_points import (
     Crasher,
     WorkerKilled,
 )
-from tests.saga.test_pipeline import assert_books_match_chain
+from tests.saga.saga_support import assert_books_match_chain
 
 AMOUNTS = st.integers(1, 50).map(lambda units: units * UNIT)
 FEE_BPS = st.sampled_from([0, 50, 300])
@@ -202,6 +203,19 @@ class CrashMachine(RuleBasedStateMachine):
         payment_id = self._pick(index)
         amount = max(self._projected(payment_id).refundable // part, 1)
         self._command(lambda key: self.engine.service.refund(key, payment_id, amount))
+
+    @precondition(lambda self: self.payments)
+    @rule(index=st.integers(0, PICK_MAX), part=PARTS)
+    def open_dispute(self, index: int, part: int) -> None:
+        payment_id = self._pick(index)
+        amount = max(self._projected(payment_id).refundable // part, 1)
+        self._command(lambda key: self.engine.service.open_dispute(key, payment_id, amount))
+
+    @precondition(lambda self: self.payments)
+    @rule(index=st.integers(0, PICK_MAX), winner=st.sampled_from(Party))
+    def resolve_dispute(self, index: int, winner: Party) -> None:
+        payment_id = self._pick(index)
+        self._command(lambda key: self.engine.service.resolve_dispute(key, payment_id, winner))
 
     # ── the worker loop ─────────────────────────────────────────────────────────────────
 
@@ -390,6 +404,42 @@ def test_a_worker_killed_at_each_crash_point_loses_and_repeats_nothing(
         assert point in machine.crasher.fired
     finally:
         machine.teardown()
+
+
+@pytest.mark.parametrize("point", CRASH_POINT_NAMES)
+@pytest.mark.parametrize("winner", list(Party))
+def test_a_dispute_opened_and_resolved_across_a_crash_is_applied_once(
+    point: str, winner: Party, embedded_world: LocalDeployment, tmp_path: Path
+) -> None:
+    """The arbiter's calls go through every crash point like the batches do."""
+    machine = crash_machine(
+        f"sqlite:///{tmp_path / 'settle.db'}", embedded_world, confirmations=0, reorgs=False
+    )()
+    try:
+        machine.create(50 * UNIT, crash=False)
+        machine._quiesce()
+        machine.capture(0, 1, 50)
+        machine._quiesce()
+        for command, status in (
+            (lambda: machine.open_dispute(0, 2), "disputed"),
+            (lambda: machine.resolve_dispute(0, winner), f"dispute_{_OUTCOME[winner]}"),
+        ):
+            machine.crasher.arm(point)
+            command()
+            if point == COMMAND_CRASH_POINT:
+                command()  # the caller got no answer and asks again; the first wrote nothing
+            for _ in range(PHASE_STEPS):
+                machine.step()
+            machine.crasher.disarm()
+            machine._quiesce()
+            assert machine._projected(machine.payments[0]).status == status
+        assert point in machine.crasher.fired
+    finally:
+        machine.teardown()
+
+
+# The merchant's side of a dispute the winner closes.
+_OUTCOME = {Party.MERCHANT: "won", Party.PAYER: "lost"}
 
 
 @pytest.mark.slow

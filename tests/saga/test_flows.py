@@ -15,6 +15,7 @@ from engine.saga.flows import (
     EXPIRY_TIMER,
     ExpiryPolicy,
     PspEvent,
+    PspEventKind,
     deliver,
     psp_saga_id,
     start_psp_bridged,
@@ -24,6 +25,7 @@ from engine.store.schema import saga_timers
 from tests.saga.saga_support import (
     AMOUNT,
     FEE_BPS,
+    assert_books_match_chain,
     books,
     checkout,
     payment_of,
@@ -69,23 +71,83 @@ def start_psp(engine: SettlementEngine, orchestrator: Orchestrator, ref: str) ->
     assert start_psp_bridged(orchestrator, ref, terms, AMOUNT, signature, fee_bps=FEE_BPS)
 
 
-def test_psp_authorized_captured_then_charged_back_holds_captures_and_refunds(
-    engine: SettlementEngine, orchestrator: Orchestrator
+@pytest.mark.parametrize(
+    ("outcome", "status", "refunded"),
+    [("dispute_won", "dispute_won", 0), ("dispute_lost", "dispute_lost", AMOUNT // 4)],
+)
+def test_a_psp_chargeback_opens_a_dispute_that_the_processor_outcome_resolves(
+    engine: SettlementEngine,
+    orchestrator: Orchestrator,
+    outcome: PspEventKind,
+    status: str,
+    refunded: int,
 ) -> None:
     start_psp(engine, orchestrator, "pi_1")
     saga = psp_saga_id("pi_1")
-
     assert deliver(orchestrator, PspEvent("authorized", "evt_1", "pi_1", AMOUNT))
     assert deliver(orchestrator, PspEvent("captured", "evt_2", "pi_1", AMOUNT))
     settle(engine, orchestrator, engine.now())
     assert orchestrator.status(saga) == ("completed", "captured")
-    assert books(payment_of(engine, saga)) == ("succeeded", AMOUNT, 0)
 
     assert deliver(orchestrator, PspEvent("chargeback", "evt_3", "pi_1", AMOUNT // 4))
     settle(engine, orchestrator, engine.now())
 
-    assert orchestrator.status(saga) == ("completed", "refunded")
-    assert books(payment_of(engine, saga)) == ("partially_refunded", AMOUNT, AMOUNT // 4)
+    assert orchestrator.status(saga) == ("running", None)  # waits for the processor's outcome
+    disputed = payment_of(engine, saga)
+    assert (disputed.status, disputed.disputed) == ("disputed", AMOUNT // 4)
+    # A second chargeback while the dispute is open does not fit.
+    with pytest.raises(SignalRejected):
+        deliver(orchestrator, PspEvent("chargeback", "evt_4", "pi_1", 1))
+
+    assert deliver(orchestrator, PspEvent(outcome, "evt_5", "pi_1"))
+    settle(engine, orchestrator, engine.now())
+
+    assert orchestrator.status(saga) == ("completed", status)
+    assert books(payment_of(engine, saga)) == (status, AMOUNT, refunded)
+    assert payment_of(engine, saga).disputed == 0
+    assert [action for action, _, _ in steps_of(engine, saga)] == [
+        "create",
+        "capture",
+        "open_dispute",
+        "resolve_dispute",
+    ]
+    assert_books_match_chain(engine)
+
+
+def test_a_psp_dispute_outcome_without_a_chargeback_is_rejected(
+    engine: SettlementEngine, orchestrator: Orchestrator
+) -> None:
+    start_psp(engine, orchestrator, "pi_1")
+    assert deliver(orchestrator, PspEvent("authorized", "evt_1", "pi_1", AMOUNT))
+    assert deliver(orchestrator, PspEvent("captured", "evt_2", "pi_1", AMOUNT))
+    settle(engine, orchestrator, engine.now())
+
+    with pytest.raises(SignalRejected):
+        deliver(orchestrator, PspEvent("dispute_won", "evt_3", "pi_1"))
+
+    assert orchestrator.status(psp_saga_id("pi_1")) == ("completed", "captured")
+
+
+def test_a_psp_chargeback_on_an_open_hold_voids_it_instead(
+    engine: SettlementEngine, orchestrator: Orchestrator
+) -> None:
+    start_psp(engine, orchestrator, "pi_1")
+    saga = psp_saga_id("pi_1")
+    assert deliver(orchestrator, PspEvent("authorized", "evt_1", "pi_1", AMOUNT))
+    assert deliver(orchestrator, PspEvent("captured", "evt_2", "pi_1", AMOUNT // 2))
+    settle(engine, orchestrator, engine.now())
+
+    assert deliver(orchestrator, PspEvent("chargeback", "evt_3", "pi_1", AMOUNT // 4))
+    settle(engine, orchestrator, engine.now())
+
+    # The escrow disputes settled money only: the step fails and compensation voids the hold.
+    assert orchestrator.status(saga) == ("compensated", None)
+    assert books(payment_of(engine, saga)) == ("succeeded", AMOUNT // 2, 0)
+    assert steps_of(engine, saga)[-2:] == [
+        ("open_dispute", "forward", "failed"),
+        ("void", "compensation", "done"),
+    ]
+    assert_books_match_chain(engine)
 
 
 def test_a_psp_webhook_delivered_again_applies_once(

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import select
 
+from engine.domain.events import Party
 from engine.domain.ids import PaymentTerms
 from engine.saga.commands import CommandConflict, CommandOutcome, PaymentService
 from engine.saga.engine import SettlementEngine
@@ -61,6 +62,14 @@ class FlakyService:
     def refund(self, key: str, payment_id: str, amount: int) -> CommandOutcome:
         self._maybe_fail("refund")
         return self.service.refund(key, payment_id, amount)
+
+    def open_dispute(self, key: str, payment_id: str, amount: int) -> CommandOutcome:
+        self._maybe_fail("open_dispute")
+        return self.service.open_dispute(key, payment_id, amount)
+
+    def resolve_dispute(self, key: str, payment_id: str, winner: Party) -> CommandOutcome:
+        self._maybe_fail("resolve_dispute")
+        return self.service.resolve_dispute(key, payment_id, winner)
 
 
 def flaky(

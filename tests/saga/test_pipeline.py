@@ -20,10 +20,9 @@ from engine.saga.engine import SettlementEngine
 from engine.saga.relay import Relay
 from engine.store.event_store import EventStore
 from engine.store.ledger import Ledger
-from engine.store.ledger_accounts import AssetKey
-from engine.store.projections import load, load_all, stored_form
-from engine.store.replay import verify_replay
+from engine.store.projections import load, stored_form
 from engine.store.schema import indexer_checkpoints, txs
+from tests.saga.saga_support import assert_books_match_chain
 
 AMOUNT = 100 * UNIT
 FEE_BPS = 50
@@ -35,30 +34,6 @@ def engine(db_url: str) -> Iterator[SettlementEngine]:
         settlement = SettlementEngine(db_url, backend)
         yield settlement
         settlement.close()
-
-
-def assert_books_match_chain(engine: SettlementEngine) -> None:
-    world = engine.deployment
-    ledger = Ledger()
-    asset = AssetKey(engine.chain_id, world.token.address)
-    with engine.db.snapshot() as conn:
-        projected = load_all(conn)
-        for item in projected:
-            capturable, refundable, seq = world.escrow.functions.payments(
-                item.chain_payment_id
-            ).call()
-            payment = item.payment
-            assert (capturable, refundable, seq) == (
-                payment.capturable,
-                payment.refundable,
-                item.chain_seq,
-            ), payment
-        for balance in ledger.trial_balance(conn).values():
-            assert (balance.posted, balance.pending) == (0, 0)
-        assert ledger.verify(conn).ok
-        assert ledger.escrow_holdings(conn, asset) == world.balance(world.escrow.address)
-        assert EventStore(engine.db).verify(conn).ok
-    assert verify_replay(engine.db, chain_id=engine.chain_id).identical
 
 
 def test_a_mix_of_payments_settles_with_books_equal_to_the_chain(
@@ -115,6 +90,8 @@ def test_an_operation_sent_again_in_another_batch_is_applied_once(
         world.escrow,
         "second-worker",
         engine.now,
+        operator=world.operator.address,
+        arbiter=world.arbiter.address,
         batch_ops_max=1,  # another grouping: a new transaction re-sends a capture
     )
 
