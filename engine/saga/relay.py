@@ -30,7 +30,8 @@ the escrow gives before it is sent (a stale sequence, no open dispute) fails it 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+import itertools
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from web3.contract import Contract
@@ -116,6 +117,13 @@ def arbiter_call(escrow: Contract, row: OutboxRow) -> bytes:
     return bytes.fromhex(data[2:])
 
 
+def _tries(key: str) -> Iterator[str]:
+    """``key``, then a new key for each further transaction the same rows need."""
+    yield key
+    for attempt in itertools.count(2):
+        yield f"{key}:try{attempt}"
+
+
 class Relay:
     def __init__(
         self,
@@ -177,16 +185,17 @@ class Relay:
         def request() -> _Request:
             key = "relay:" + hashlib.sha256(",".join(r.op_id for r in rows).encode()).hexdigest()
             ops = [batch_op(row) for row in rows]
-            data = self._escrow.encode_abi("settleBatch", args=[encode_batch(ops), False])
-            if self._bound_fell_short(key, rows):
-                return _Request(key + _ESTIMATED, bytes.fromhex(data[2:]), None)
-            return _Request(key, bytes.fromhex(data[2:]), batch_gas_limit(ops))
+            data = bytes.fromhex(
+                self._escrow.encode_abi("settleBatch", args=[encode_batch(ops), False])[2:]
+            )
+            chosen = self._key_for(rows, itertools.chain([key], _tries(key + _ESTIMATED)))
+            return _Request(chosen, data, batch_gas_limit(ops) if chosen == key else None)
 
         self._send(rows, self._operator, request, report)
 
     def _submit_arbiter_call(self, row: OutboxRow, report: RelayReport) -> None:
         def request() -> _Request:
-            key = f"relay:{row.op_id}{_ESTIMATED}"
+            key = self._key_for([row], _tries(f"relay:{row.op_id}{_ESTIMATED}"))
             return _Request(key, arbiter_call(self._escrow, row), None)
 
         self._send([row], self._arbiter, request, report)
@@ -221,17 +230,25 @@ class Relay:
         report.submitted += len(rows)
         self._watching[built.key] = tuple(rows)
 
-    def _bound_fell_short(self, key: str, rows: Sequence[OutboxRow]) -> bool:
-        """Whether these rows went out before under the gas bound and that transaction
-        reverted: then they go again under an estimate, as a new transaction. Rows claimed for
-        the first time, or again after a crash, reuse the bound's transaction."""
+    def _key_for(self, rows: Sequence[OutboxRow], keys: Iterator[str]) -> str:
+        """The first of ``keys`` whose transaction is unknown or still may succeed.
+
+        Rows claimed for the first time, or again after a crash, find their earlier
+        transaction under the first key and wait for it rather than send another. Rows whose
+        transaction failed under the gas bound, or lost its nonce to another one, go again as a
+        new transaction under the next key (the first after the bound is estimated).
+        """
+        first = next(keys)
         if all(row.attempts <= 1 for row in rows):
-            return False
-        try:
-            earlier = self._txm.get(key)
-        except UnknownIdempotencyKey:
-            return False
-        return earlier.status is TxStatus.FAILED
+            return first
+        for key in itertools.chain([first], keys):
+            try:
+                earlier = self._txm.get(key)
+            except UnknownIdempotencyKey:
+                return key
+            if earlier.status not in (TxStatus.FAILED, TxStatus.REPLACED):
+                return key
+        raise AssertionError("the keys of a retry never run out")
 
     def _finish(self, record: TxRecord, rows: Sequence[OutboxRow], report: RelayReport) -> None:
         if record.status is TxStatus.CONFIRMED:
@@ -249,7 +266,7 @@ class Relay:
         reason = f"transaction {record.status.value}: {record.error_code or ''}"
         # A batch sent under the gas bound that reverted may have run short of gas
         # (BatchOutOfGas): its rows go again, estimated. An estimated one reverted for good.
-        estimated = record.idempotency_key.endswith(_ESTIMATED)
+        estimated = _ESTIMATED in record.idempotency_key
         retryable = record.status is TxStatus.REPLACED or (
             record.status is TxStatus.FAILED and not estimated
         )

@@ -198,3 +198,32 @@ def test_an_event_another_writer_appended_is_folded_in_before_the_next(
         assert EventStore(engine.db).verify(conn).ok
     assert current is not None and current.payment.status == "conflicted"
     assert current.version == len(stream) == 4  # requested, authorized, conflicted, conflicted
+
+
+def test_a_batch_whose_gas_bound_falls_short_goes_again_estimated(
+    engine: SettlementEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bound too low for the batch: the escrow reverts it whole (BatchOutOfGas) instead of
+    logging its operations as refused, and the relay sends the rows again under an estimate."""
+    monkeypatch.setattr("engine.saga.relay.batch_gas_limit", lambda ops: 60_000)
+    world = engine.deployment
+    terms = world.terms(AMOUNT)
+    payment_id = engine.service.create("c0", terms, AMOUNT, world.payer_signature(terms)).payment_id
+    for _ in range(10):
+        if engine.step().failed:
+            break
+    else:
+        raise AssertionError("the starved batch never failed")
+    # The retry waits out its backoff on the chain's clock, which runs ahead of the wall's.
+    engine.backend.increase_time(engine.outbox.policy.backoff_base_s + 1)
+    engine.backend.mine()
+    engine.run_until_quiescent()
+
+    with engine.db.snapshot() as conn:
+        sent = conn.execute(select(txs.c.idempotency_key, txs.c.status).order_by(txs.c.id)).all()
+        payment = load(conn, payment_id)
+    assert payment is not None and payment.payment.status == "requires_capture"
+    assert [status for _, status in sent] == ["failed", "confirmed"]
+    first, second = (key for key, _ in sent)
+    assert second == first + ":estimated"
+    assert_books_match_chain(engine)
