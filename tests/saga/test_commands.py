@@ -11,7 +11,15 @@ from sqlalchemy import func, select
 from engine.chain.backends import EmbeddedBackend
 from engine.chain.localnet import AUTHORIZATION_WINDOW_S, UNIT
 from engine.domain.errors import DomainError
-from engine.saga.commands import CommandConflict, CommandError, CommandOutcome
+from engine.saga.commands import (
+    Capture,
+    CommandConflict,
+    CommandError,
+    CommandOutcome,
+    Create,
+    Refund,
+    Void,
+)
 from engine.saga.engine import SettlementEngine
 from engine.store.schema import events, outbox, payment_commands
 
@@ -150,3 +158,44 @@ def test_of_two_concurrent_commands_on_a_payment_exactly_one_is_accepted(
             select(func.count()).select_from(outbox).where(outbox.c.payment_key == payment_id)
         ).scalar_one()
     assert operations == 2  # the authorization and one capture
+
+
+def test_a_batch_commits_what_it_accepts_and_gives_each_refusal_in_its_place(
+    engine: SettlementEngine,
+) -> None:
+    """``execute`` decides each command on its own: refused ones write nothing, the accepted
+    ones commit together, and later commands see the earlier ones of the same batch."""
+    world = engine.deployment
+    held = authorized(engine)
+    terms = world.terms(AMOUNT)
+    signature = world.payer_signature(terms)
+    before = written(engine)
+
+    results = engine.service.execute(
+        [
+            Create("batch-new", terms, AMOUNT, signature),
+            Capture("batch-too-much", held, AMOUNT + 1, FEE_BPS),
+            Capture("batch-capture", held, AMOUNT, FEE_BPS),
+            Void("batch-second-on-held", held),  # the capture above is now in flight
+            Capture("batch-unknown", "pay_" + "0" * 26, 1, FEE_BPS),
+            Create("batch-new", terms, AMOUNT, signature),  # a repeat: the first outcome
+            Refund("batch-new", held, 1),  # the key again, for another command
+        ]
+    )
+
+    created, too_much, captured, second, unknown, repeated, reused = results
+    assert isinstance(created, CommandOutcome) and isinstance(captured, CommandOutcome)
+    assert repeated == created
+    assert [
+        error.code
+        for error in (too_much, second, unknown, reused)
+        if isinstance(error, CommandError | DomainError)
+    ] == ["amount_exceeds_capturable", "conflict", "unknown_payment", "idempotency_key_reused"]
+    # Two commands accepted: one new stream event, two outbox rows, two command rows.
+    events_before, outbox_before, commands_before = before
+    assert written(engine) == (events_before + 1, outbox_before + 2, commands_before + 2)
+    engine.run_until_quiescent()
+    with engine.db.snapshot() as conn:
+        rows = conn.execute(select(payment_commands.c.idempotency_key, payment_commands.c.status))
+        statuses = {key: status for key, status in rows}
+    assert statuses["batch-new"] == statuses["batch-capture"] == "applied"
