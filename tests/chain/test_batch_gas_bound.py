@@ -9,7 +9,15 @@ from collections.abc import Sequence
 import pytest
 from eth_account import Account
 
-from engine.chain.escrow import BatchOp, Leg, Method, batch_gas_limit, encode_batch
+from engine.chain.escrow import (
+    RECORD_HEADER_BYTES,
+    BatchOp,
+    Leg,
+    Method,
+    batch_gas_limit,
+    encode_batch,
+    encode_record,
+)
 from engine.chain.localnet import UNIT, LocalDeployment
 from engine.chain.reverts import ContractReverted, decode_revert, revert_data
 from engine.domain.money import EXTRA_LEGS_MAX
@@ -25,6 +33,10 @@ def _fresh() -> str:
 
 
 def _within_bound(world: LocalDeployment, ops: Sequence[BatchOp]) -> int:
+    # The bound counts calldata from the record layout without encoding it.
+    assert [len(encode_record(op)) for op in ops] == [
+        RECORD_HEADER_BYTES + len(op.data) for op in ops
+    ]
     receipt = world.operator.send(world.escrow.functions.settleBatch(encode_batch(ops), False))
     failed = emitted(world, receipt, "OperationFailed")
     assert failed == [], [decode_revert(item["reason"]) for item in failed]
