@@ -259,7 +259,7 @@ def bench_core(
     arrivals: Annotated[
         int,
         typer.Option("--arrivals", min=0, help="Checkouts per engine step (0: one burst)."),
-    ] = 250,
+    ] = 100,
     db: Annotated[
         str | None,
         typer.Option("--db", help="PostgreSQL server URL (default: the local test server)."),

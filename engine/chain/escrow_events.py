@@ -222,7 +222,8 @@ def _decode_event(topics: tuple[bytes, ...], data: bytes) -> EscrowEvent:
             decode([kind], bytes(topic))[0]
             for kind, topic in zip(layout.indexed_types, indexed, strict=True)
         )
-        data_values = iter(decode(list(layout.data_types), bytes(data)))
+        static = _decode_static(layout.data_types, data)
+        data_values = iter(decode(list(layout.data_types), data) if static is None else static)
         values = {
             field: convert(next(indexed_values) if is_indexed else next(data_values))
             for field, is_indexed, convert in layout.inputs
@@ -230,6 +231,98 @@ def _decode_event(topics: tuple[bytes, ...], data: bytes) -> EscrowEvent:
     except Exception as error:  # eth_abi's decoding errors, or terms the domain rejects
         raise MalformedEscrowLog(f"{name} does not decode: {error}") from error
     return layout.cls(**values)
+
+
+def _decode_static(types: Sequence[str], data: bytes) -> list[Any] | None:
+    """``eth_abi.decode(types, data)`` for types of fixed size (all but one escrow event's),
+    read straight from the 32-byte words: several times faster, and the indexer decodes every
+    log. None when a type is dynamic or the data is not exactly a canonical encoding, for
+    eth_abi to decode (or refuse) instead."""
+    words = [_word_reader(kind) for kind in types]
+    if any(reader is None for reader in words) or len(data) != 32 * sum(
+        reader[0] for reader in words if reader is not None
+    ):
+        return None
+    values: list[Any] = []
+    at = 0
+    for reader in words:
+        assert reader is not None
+        count, read = reader
+        value = read(data, at)
+        if value is _NOT_CANONICAL:
+            return None
+        values.append(value)
+        at += 32 * count
+    return values
+
+
+_NOT_CANONICAL: Final = object()
+_WordReader: TypeAlias = tuple[int, Callable[[bytes, int], Any]]
+
+
+@cache
+def _word_reader(kind: str) -> _WordReader | None:
+    """How many words a fixed-size ABI type takes and how to read it, or None if dynamic."""
+    if kind.startswith("(") and kind.endswith(")"):
+        parts = [_word_reader(part) for part in _split_tuple(kind[1:-1])]
+        if any(part is None for part in parts):
+            return None
+        readers = [part for part in parts if part is not None]
+
+        def read_tuple(data: bytes, at: int) -> Any:
+            values = []
+            for count, read in readers:
+                value = read(data, at)
+                if value is _NOT_CANONICAL:
+                    return _NOT_CANONICAL
+                values.append(value)
+                at += 32 * count
+            return tuple(values)
+
+        return sum(count for count, _ in readers), read_tuple
+    if kind == "address":
+        return 1, _read_address
+    if kind == "bool":
+        return 1, _read_bool
+    if kind == "bytes32":
+        return 1, lambda data, at: data[at : at + 32]
+    if re.fullmatch(r"uint(8|16|24|32|40|48|56|64|72|80|88|96|104|112|120|128|256)", kind):
+        limit = 1 << int(kind[4:])
+
+        def read_uint(data: bytes, at: int) -> Any:
+            value = int.from_bytes(data[at : at + 32], "big")
+            return value if value < limit else _NOT_CANONICAL
+
+        return 1, read_uint
+    return None
+
+
+def _read_address(data: bytes, at: int) -> Any:
+    word = data[at : at + 32]
+    if any(word[:12]):
+        return _NOT_CANONICAL
+    return "0x" + word[12:].hex()
+
+
+def _read_bool(data: bytes, at: int) -> Any:
+    value = int.from_bytes(data[at : at + 32], "big")
+    return _NOT_CANONICAL if value > 1 else value == 1
+
+
+def _split_tuple(inner: str) -> list[str]:
+    """The component types of a tuple type's inside, nested tuples kept whole."""
+    parts: list[str] = []
+    depth = 0
+    current = ""
+    for char in inner:
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+            continue
+        depth += (char == "(") - (char == ")")
+        current += char
+    parts.append(current)
+    return parts
 
 
 @cache

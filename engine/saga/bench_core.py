@@ -47,7 +47,7 @@ from engine.store.schema import ledger_entries
 PAYMENTS_DEFAULT: Final = 1000
 # Checkouts arriving per engine step: a steady stream, as a live shop sees, rather than one
 # burst whose last capture would queue behind every other payment's work.
-ARRIVALS_DEFAULT: Final = 250
+ARRIVALS_DEFAULT: Final = 100
 POSTGRES_URL_DEFAULT: Final = "postgresql://postgres@127.0.0.1:5432/test"
 AMOUNT: Final = UNIT
 FEE_BPS: Final = 50
