@@ -12,14 +12,19 @@ projection may together exceed it; the escrow then refuses the later one, so cal
 keep one operation per payment in flight or treat that revert as a normal outcome.
 
 ``TRANSITIONS`` lists every (status, event kind) pair that is allowed and the statuses it can
-lead to; any pair not listed raises ``IllegalTransition``. Where a pair has several targets the
+lead to; any pair not listed raises ``IllegalTransition``, and so does a chain fact on a
+conflicted payment whose underlying status has no pair for it. Where a pair has several targets the
 amounts pick one: a capture that empties the hold ``succeeded``, one that leaves some is
 ``partially_captured``.
 
-A conflicted payment accepts nothing but another ``Conflicted`` until reconciliation finds the
-views agreeing again and records ``ConflictResolved``; that returns it to a status its amounts
-describe (``statuses_matching_amounts``), normally the one it had before the conflict, since
-no money moves while a payment is conflicted.
+``conflicted`` is a flag over the status the payment's facts describe, kept in ``underlying``.
+Nothing the chain confirmed may be lost, so a conflicted payment still takes chain facts (a
+capture already in flight when reconciliation flagged it, say): each is judged and folded as
+by the underlying status, which it moves, and the flag stays. Commands are refused until
+reconciliation finds the views agreeing again and records ``ConflictResolved``, which returns
+the payment to its underlying status, the one its facts (including those taken while
+conflicted) describe. ``apply`` needs nothing but the payment and the event, so a replay folds
+the same history to the same payment.
 
 Disputes are opened on settled money only: the hold must be closed (captured in full, voided or
 reclaimed), which keeps a dispute from overlapping a capture still in flight. A dispute won by
@@ -66,6 +71,18 @@ from engine.domain.status import PaymentStatus
 _S = PaymentStatus
 _SETTLED = (_S.SUCCEEDED, _S.PARTIALLY_REFUNDED, _S.DISPUTE_WON, _S.DISPUTE_LOST)
 _HOLD_CLOSED_AFTER_CAPTURE = frozenset({_S.SUCCEEDED, _S.PARTIALLY_REFUNDED, _S.REFUNDED})
+# What the chain confirmed about a payment; ``Failed`` records the escrow's confirmed refusal
+# of its authorization. A conflicted payment takes these; the rest are commands' or flags.
+_CHAIN_FACT_KINDS = (
+    Authorized.kind,
+    Failed.kind,
+    Captured.kind,
+    Voided.kind,
+    Reclaimed.kind,
+    Refunded.kind,
+    DisputeOpened.kind,
+    DisputeResolved.kind,
+)
 
 TRANSITIONS: Mapping[tuple[PaymentStatus, str], frozenset[PaymentStatus]] = MappingProxyType(
     {
@@ -88,8 +105,11 @@ TRANSITIONS: Mapping[tuple[PaymentStatus, str], frozenset[PaymentStatus]] = Mapp
         (_S.DISPUTED, DisputeResolved.kind): frozenset({_S.DISPUTE_WON, _S.DISPUTE_LOST}),
         # Reconciliation can find any payment out of step with the chain or the ledger.
         **{(status, Conflicted.kind): frozenset({_S.CONFLICTED}) for status in PaymentStatus},
-        # ...and, once they agree again, return it to whichever status its amounts describe.
+        # ...and, once they agree again, return it to its underlying status, whichever it is.
         (_S.CONFLICTED, ConflictResolved.kind): frozenset(set(PaymentStatus) - {_S.CONFLICTED}),
+        # Meanwhile it still takes the chain's facts, each only where its underlying status
+        # would take it (``apply`` checks both); the flag stays.
+        **{(_S.CONFLICTED, kind): frozenset({_S.CONFLICTED}) for kind in _CHAIN_FACT_KINDS},
     }
 )
 
@@ -99,7 +119,8 @@ class Payment:
     """One payment's projection; amounts are minor units of ``terms.token``.
 
     ``amount`` is what was requested; the rest counts what the escrow confirmed. ``disputed`` is
-    captured money frozen by an open dispute.
+    captured money frozen by an open dispute. ``underlying`` is set while the status is
+    ``conflicted`` only: the status the payment's facts describe beneath the flag.
     """
 
     id: str
@@ -112,6 +133,12 @@ class Payment:
     reclaimed: int = 0
     refunded: int = 0
     disputed: int = 0
+    underlying: PaymentStatus | None = None
+
+    @property
+    def unflagged_status(self) -> PaymentStatus:
+        """The status the payment's facts describe, the conflict flag aside."""
+        return self.status if self.underlying is None else self.underlying
 
     @property
     def capturable(self) -> int:
@@ -132,13 +159,10 @@ def check_invariants(payment: Payment) -> None:
         or p.capturable < 0
         or p.refundable < 0
     )
-    # A conflicted payment keeps the amounts it had; its status no longer describes them.
-    status_broken = p.status is not _S.CONFLICTED and (
-        (p.status in (_S.PENDING, _S.FAILED)) != (p.authorized == 0)
-        or (p.status in (_S.REQUIRES_CAPTURE, _S.PARTIALLY_CAPTURED)) != (p.capturable > 0)
-        or (p.status is _S.DISPUTED) != (p.disputed > 0)
-    )
-    if books_broken or status_broken:
+    # A conflicted payment's amounts are described by the status beneath its flag.
+    flag_broken = (p.status is _S.CONFLICTED) != (p.underlying is not None)
+    status_broken = p.unflagged_status not in statuses_matching_amounts(p)
+    if books_broken or flag_broken or status_broken:
         raise AssertionError(f"payment invariants broken: {payment!r}")
 
 
@@ -188,7 +212,10 @@ def apply(payment: Payment, event: Event) -> Payment:
     if event.payment_id != payment.id:
         raise InvalidEvent(f"event for {event.payment_id} applied to {payment.id}")
     targets = _allowed_targets(payment, event.kind)
-    after = _apply_amounts(payment, event)
+    if payment.underlying is not None and event.kind in _CHAIN_FACT_KINDS:
+        after = _absorb(payment, payment.underlying, event)
+    else:
+        after = _apply_amounts(payment, event)
     if after.status not in targets:
         raise AssertionError(f"{event.kind} led {payment.status} to {after.status}, not {targets}")
     check_invariants(after)
@@ -200,6 +227,21 @@ def _allowed_targets(payment: Payment, kind: str) -> frozenset[PaymentStatus]:
     if targets is None:
         raise IllegalTransition(payment.status.value, kind)
     return targets
+
+
+def _absorb(payment: Payment, underlying: PaymentStatus, fact: Event) -> Payment:
+    """A chain fact on a conflicted payment: judged and folded as by its underlying status,
+    which it moves; the flag stays."""
+    beneath = apply(replace(payment, status=underlying, underlying=None), fact)
+    return replace(beneath, status=_S.CONFLICTED, underlying=beneath.status)
+
+
+def _require_decidable(payment: Payment, kind: str) -> None:
+    """Commands act on a payment whose status describes it: a conflicted one takes the chain's
+    facts, but no command until reconciliation resolves it."""
+    if payment.underlying is not None:
+        raise IllegalTransition(payment.status.value, kind)
+    _allowed_targets(payment, kind)
 
 
 def _hold_status(p: Payment, nothing_captured: PaymentStatus) -> PaymentStatus:
@@ -277,14 +319,16 @@ def _apply_amounts(p: Payment, event: Event) -> Payment:
         case DisputeResolved(winner=Party.MERCHANT):
             return replace(p, status=_S.DISPUTE_WON, disputed=0)
         case Conflicted():
-            return replace(p, status=_S.CONFLICTED)
+            return replace(p, status=_S.CONFLICTED, underlying=p.unflagged_status)
         case ConflictResolved(status=status):
-            if status not in statuses_matching_amounts(p):
+            # Only the underlying status: another the amounts allow (failed for pending, say)
+            # would let later facts be judged by a status the history never reached.
+            if status != p.underlying:
                 raise InvalidEvent(
-                    f"{event.kind} to {status} does not fit the amounts of {p.id}: "
-                    f"they describe {sorted(statuses_matching_amounts(p))}"
+                    f"{event.kind} to {status} does not fit the facts of {p.id}: "
+                    f"they describe {p.underlying}"
                 )
-            return replace(p, status=status)
+            return replace(p, status=status, underlying=None)
     # Unreachable while every listed kind has a case above; kept so a new kind cannot slip by.
     raise IllegalTransition(p.status.value, event.kind)
 
@@ -319,7 +363,7 @@ def decide_capture(
 ) -> list[Event]:
     """Capture ``amount`` of the hold at ``fee_bps``, paying ``extra_legs`` from the merchant's
     share."""
-    _allowed_targets(payment, Captured.kind)
+    _require_decidable(payment, Captured.kind)
     check_time(now, "now")
     check_amount(amount, "amount", positive=True)
     check_bps(fee_bps, "fee_bps")
@@ -340,14 +384,14 @@ def decide_capture(
 
 def decide_void(payment: Payment, now: int) -> list[Event]:
     """Release the whole remaining hold to the payer; the operator may do so at any time."""
-    _allowed_targets(payment, Voided.kind)
+    _require_decidable(payment, Voided.kind)
     check_time(now, "now")
     return _decided(payment, Voided(payment_id=payment.id, at=now, amount=payment.capturable))
 
 
 def decide_reclaim(payment: Payment, now: int) -> list[Event]:
     """Return the remaining hold to the payer, which the payer may claim once it has expired."""
-    _allowed_targets(payment, Reclaimed.kind)
+    _require_decidable(payment, Reclaimed.kind)
     check_time(now, "now")
     if now < payment.terms.authorization_expiry:
         raise AuthorizationNotExpired(
@@ -358,7 +402,7 @@ def decide_reclaim(payment: Payment, now: int) -> list[Event]:
 
 def decide_refund(payment: Payment, amount: int, now: int) -> list[Event]:
     """Return ``amount`` of captured money to the payer while the refund window is open."""
-    _allowed_targets(payment, Refunded.kind)
+    _require_decidable(payment, Refunded.kind)
     check_time(now, "now")
     check_amount(amount, "amount", positive=True)
     if now >= payment.terms.refund_expiry:
@@ -372,7 +416,7 @@ def decide_open_dispute(payment: Payment, amount: int, now: int) -> list[Event]:
 
     No time window: chargebacks arrive on the card network's schedule, not the escrow's.
     """
-    _allowed_targets(payment, DisputeOpened.kind)
+    _require_decidable(payment, DisputeOpened.kind)
     check_time(now, "now")
     check_amount(amount, "amount", positive=True)
     _require_refundable(payment, amount)
@@ -381,7 +425,7 @@ def decide_open_dispute(payment: Payment, amount: int, now: int) -> list[Event]:
 
 def decide_resolve_dispute(payment: Payment, winner: Party, now: int) -> list[Event]:
     """Close the open dispute in favour of ``winner``."""
-    _allowed_targets(payment, DisputeResolved.kind)
+    _require_decidable(payment, DisputeResolved.kind)
     check_time(now, "now")
     return _decided(payment, DisputeResolved(payment_id=payment.id, at=now, winner=winner))
 
@@ -389,8 +433,8 @@ def decide_resolve_dispute(payment: Payment, winner: Party, now: int) -> list[Ev
 def decide_resolve_conflict(
     payment: Payment, status: PaymentStatus, reason: str, now: int
 ) -> list[Event]:
-    """Take a conflicted payment out of ``conflicted`` into ``status``, which its amounts must
-    describe; the caller has found every view agreeing with its books again."""
+    """Take a conflicted payment out of ``conflicted`` into ``status``, which must be its
+    underlying status; the caller has found every view agreeing with its books again."""
     _allowed_targets(payment, ConflictResolved.kind)
     check_time(now, "now")
     resolved = ConflictResolved(payment_id=payment.id, at=now, status=status, reason=reason)

@@ -18,9 +18,10 @@ its flags allow, and the payment's escrow logs, read with eth_getLogs, are booke
 ``ledger_events`` in chain order; then everything is checked once more. The event store is not
 rewritten: its history stays as recorded, with the Conflicted event telling why the books moved.
 
-A conflicted payment is resolved (one ConflictResolved event, back to the status it had before
-the conflict) by the first run, with or without ``repair``, that finds it agreeing in every
-view and its posted books agreeing with its own history: capturable and refundable of its
+A conflicted payment is resolved (one ConflictResolved event, back to its underlying status:
+the one its confirmed facts describe, those the mirror booked while it was conflicted
+included) by the first run, with or without ``repair``, that finds it agreeing in every view
+and its posted books agreeing with its own history: capturable and refundable of its
 confirmed facts equal those of its posted entries. The second condition keeps a payment
 conflicted when the chain holds a fact its stream never recorded (a capture behind the
 engine's back, say): a repair makes its books right, but its status could not vouch for them.
@@ -64,7 +65,6 @@ from engine.domain.events import (
 )
 from engine.domain.money import Leg
 from engine.domain.payment import Payment, apply, decide_resolve_conflict, start
-from engine.domain.status import PaymentStatus
 from engine.store import projections
 from engine.store.db import Database, open_database
 from engine.store.event_store import ConcurrencyConflict, EventStore
@@ -270,9 +270,7 @@ def _compare_provider(found: _Found, history: PaymentHistory, expected: Provider
     payment = history.projection()
     # A conflicted payment is compared by the status a resolution would return it to, so the
     # flag itself neither counts as a new discrepancy nor keeps one open forever.
-    status = payment.status
-    if status is PaymentStatus.CONFLICTED:
-        status = history.status_before_conflict() or status
+    status = payment.unflagged_status
     for name, engine_value, psp_value in (
         ("status", status.value, expected.status),
         ("captured", payment.captured, expected.captured),
@@ -370,19 +368,20 @@ def _resolve(
     repaired: set[str],
     now: int,
 ) -> list[str]:
-    """Append ConflictResolved to each payment found agreeing again, returning it to the status
-    it had before the conflict. Unlike a conflict, a resolution is judged on the stream as it
-    was compared: if the stream moved since, the next run judges it afresh."""
+    """Append ConflictResolved to each payment found agreeing again, returning it to its
+    underlying status (the one its facts describe). Unlike a conflict, a resolution is judged
+    on the stream as it was compared: if the stream moved since, the next run judges it
+    afresh."""
     resolved: list[str] = []
     store = EventStore(db)
     for payment_id in sorted(resolvable):
         history = histories[payment_id]
-        status = history.status_before_conflict()
-        if status is None:
+        payment = history.projection()
+        if payment.underlying is None:
             raise AssertionError(f"{payment_id} is conflicted but never became so")
         how = "books re-synced from chain logs" if payment_id in repaired else "books"
         [event] = decide_resolve_conflict(
-            history.projection(), status, f"reconcile: {how} match every view again", now
+            payment, payment.underlying, f"reconcile: {how} match every view again", now
         )
         try:
             with db.transaction() as conn:

@@ -4,6 +4,11 @@ The row is written in the same transaction as the events it reflects (the comman
 requests a payment, the chain mirror that books confirmed escrow events), so it is never
 behind the stream it comes from. ``version`` is the stream version folded in, which lets a
 writer refuse to project out of order.
+
+A conflicted payment's row says ``conflicted``; the status beneath the flag, by which the
+chain facts it still takes are judged (``Payment.underlying``), has no column. Loading such a
+row folds its stream again up to the row's version to find it: conflicted payments are few,
+and a column would need every existing conflicted row backfilled by that same fold.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from sqlalchemy import Connection, Row, bindparam, func, insert, select, update
 
 from engine.domain.events import Event, PaymentRequested, event_from_dict
 from engine.domain.ids import PaymentTerms
-from engine.domain.payment import Payment, PaymentStatus, apply, start
+from engine.domain.payment import Payment, PaymentStatus, apply, replay, start
 from engine.store.event_store import EventStore, Json, NewEvent, StoredEvent, canonical_json
 from engine.store.schema import events, payments
 
@@ -174,7 +179,7 @@ def _domain_event_from(kind: str, payload: Mapping[str, object]) -> Event:
 def load(conn: Connection, payment_id: str, *, lock: bool = False) -> ProjectedPayment | None:
     query = select(payments).where(payments.c.id == payment_id)
     row = conn.execute(query.with_for_update() if lock else query).one_or_none()
-    return None if row is None else _projected(row)
+    return None if row is None else _projected(conn, [row])[0]
 
 
 def load_by_chain_id(conn: Connection, chain_payment_id: bytes) -> ProjectedPayment | None:
@@ -185,8 +190,8 @@ def load_many(conn: Connection, payment_ids: Collection[str]) -> dict[str, Proje
     """The rows of those of ``payment_ids`` that exist."""
     found: dict[str, ProjectedPayment] = {}
     for chunk in _chunks(sorted(payment_ids)):
-        for row in conn.execute(select(payments).where(payments.c.id.in_(chunk))):
-            found[row.id] = _projected(row)
+        rows = conn.execute(select(payments).where(payments.c.id.in_(chunk))).all()
+        found.update((p.payment.id, p) for p in _projected(conn, rows))
     return found
 
 
@@ -196,13 +201,13 @@ def load_many_by_chain_id(
     """The rows of those of ``chain_payment_ids`` (escrow payment ids) the engine knows."""
     found: dict[bytes, ProjectedPayment] = {}
     for chunk in _chunks(sorted(chain_payment_ids)):
-        for row in conn.execute(select(payments).where(payments.c.chain_payment_id.in_(chunk))):
-            found[bytes(row.chain_payment_id)] = _projected(row)
+        query = select(payments).where(payments.c.chain_payment_id.in_(chunk))
+        found.update((p.chain_payment_id, p) for p in _projected(conn, conn.execute(query).all()))
     return found
 
 
 def load_all(conn: Connection) -> list[ProjectedPayment]:
-    return [_projected(row) for row in conn.execute(select(payments).order_by(payments.c.id))]
+    return _projected(conn, conn.execute(select(payments).order_by(payments.c.id)).all())
 
 
 def count_by_status(conn: Connection) -> dict[str, int]:
@@ -240,18 +245,49 @@ def _amounts(payment: Payment) -> dict[str, object]:
     }
 
 
-def _projected(row: Row[object]) -> ProjectedPayment:
-    terms = PaymentTerms.from_dict(json.loads(row.terms))
-    payment = Payment(
-        id=row.id,
-        terms=terms,
-        status=PaymentStatus(row.status),
-        amount=row.amount,
-        authorized=row.authorized,
-        captured=row.captured,
-        voided=row.voided,
-        reclaimed=row.reclaimed,
-        refunded=row.refunded,
-        disputed=row.disputed,
+def _projected(conn: Connection, rows: Sequence[Row[object]]) -> list[ProjectedPayment]:
+    """The rows as projections, the conflicted ones with their underlying status."""
+    underlying = _underlying_statuses(
+        conn, {row.id: row.version for row in rows if row.status == PaymentStatus.CONFLICTED}
     )
-    return ProjectedPayment(payment, bytes(row.chain_payment_id), row.version, row.chain_seq)
+    return [
+        ProjectedPayment(
+            Payment(
+                id=row.id,
+                terms=PaymentTerms.from_dict(json.loads(row.terms)),
+                status=PaymentStatus(row.status),
+                amount=row.amount,
+                authorized=row.authorized,
+                captured=row.captured,
+                voided=row.voided,
+                reclaimed=row.reclaimed,
+                refunded=row.refunded,
+                disputed=row.disputed,
+                underlying=underlying.get(row.id),
+            ),
+            bytes(row.chain_payment_id),
+            row.version,
+            row.chain_seq,
+        )
+        for row in rows
+    ]
+
+
+def _underlying_statuses(
+    conn: Connection, versions: Mapping[str, int]
+) -> dict[str, PaymentStatus | None]:
+    """The underlying status of each conflicted payment in ``versions`` (payment id → the
+    stream version its row folded in), from its stream folded again up to that version."""
+    streams: dict[str, list[Event]] = {}
+    for chunk in _chunks(sorted(versions)):
+        rows = conn.execute(
+            select(events.c.stream_id, events.c.version, events.c.kind, events.c.payload)
+            .where(events.c.stream_id.in_(chunk))
+            .order_by(events.c.stream_id, events.c.version)
+        )
+        for row in rows:
+            if row.version <= versions[row.stream_id]:
+                streams.setdefault(row.stream_id, []).append(
+                    _domain_event_from(row.kind, json.loads(row.payload))
+                )
+    return {payment_id: replay(stream).underlying for payment_id, stream in streams.items()}

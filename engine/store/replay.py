@@ -23,7 +23,6 @@ import json
 import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
-from itertools import pairwise
 from typing import Any
 
 from sqlalchemy import Connection, MetaData, Table, inspect, select
@@ -41,7 +40,6 @@ from engine.domain.events import (
     event_from_dict,
 )
 from engine.domain.payment import Payment, apply, start
-from engine.domain.status import PaymentStatus
 from engine.store.db import Database, open_database
 from engine.store.event_store import READ_ALL_LIMIT_MAX, EventStore, StoredEvent
 from engine.store.ledger import ENTRIES_PER_CALL_MAX, LIVE_TABLES, Ledger, scratch_tables
@@ -110,16 +108,6 @@ class PaymentHistory:
         """The payment as its events leave it, the flags (Conflicted, ConflictResolved)
         included."""
         return self.folded()[-1]
-
-    def status_before_conflict(self) -> PaymentStatus | None:
-        """The status the payment had when it last became conflicted: the one a resolution
-        returns it to, as no money moves while it is conflicted. None if it never was."""
-        status: PaymentStatus | None = None
-        folded = self.folded()
-        for before, after in pairwise(folded):
-            if after.status is PaymentStatus.CONFLICTED and before.status is not after.status:
-                status = before.status
-        return status
 
     def folded(self) -> list[Payment]:
         """The payment after each of its events, first event first."""

@@ -5,6 +5,7 @@ import random
 import re
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -153,9 +154,22 @@ def sample_event(payment: Payment, kind: str) -> Event:
     if kind == DisputeResolved.kind:
         return DisputeResolved(payment_id=PAY, at=at, winner=Party.PAYER)
     if kind == ConflictResolved.kind:
-        status = min(statuses_matching_amounts(payment))
+        status = payment.unflagged_status
         return ConflictResolved(payment_id=PAY, at=at, status=status, reason="views agree")
     return Conflicted(payment_id=PAY, at=at, reason="ledger disagrees")
+
+
+FLAG_KINDS = (Conflicted.kind, ConflictResolved.kind)
+
+
+def listed_targets(payment: Payment, kind: str) -> frozenset[PaymentStatus] | None:
+    """What the table lets ``kind`` lead ``payment`` to: a conflicted payment takes a chain
+    fact only where the status beneath its flag has a pair for it too."""
+    targets = TRANSITIONS.get((payment.status, kind))
+    beneath = payment.underlying
+    if beneath is not None and kind not in FLAG_KINDS and (beneath, kind) not in TRANSITIONS:
+        return None
+    return targets
 
 
 def assert_books_balance(p: Payment) -> None:
@@ -181,11 +195,13 @@ def test_each_status_and_event_kind_is_either_a_listed_transition_or_illegal(
 ) -> None:
     payment = reach(status)
     event = sample_event(payment, kind)
-    targets = TRANSITIONS.get((status, kind))
+    targets = listed_targets(payment, kind)
     if targets is None:
         with pytest.raises(IllegalTransition) as raised:
             apply(payment, event)
-        assert (raised.value.from_status, raised.value.event_kind) == (status.value, kind)
+        # A fact a conflicted payment cannot take is refused by the status beneath the flag.
+        judged = status if (status, kind) not in TRANSITIONS else payment.unflagged_status
+        assert (raised.value.from_status, raised.value.event_kind) == (judged.value, kind)
         assert raised.value.code == "illegal_transition"
     else:
         assert apply(payment, event).status in targets
@@ -266,13 +282,19 @@ def test_the_amounts_name_one_status_unless_a_failure_or_a_decided_dispute_left_
         (S.SUCCEEDED, S.REFUNDED),
         (S.REFUNDED, S.DISPUTE_WON),
         (S.DISPUTED, S.DISPUTE_LOST),
+        # The amounts would allow these, the facts do not: later facts would be judged by a
+        # status the history never reached.
+        (S.PENDING, S.FAILED),
+        (S.FAILED, S.PENDING),
+        (S.SUCCEEDED, S.DISPUTE_WON),
+        (S.DISPUTE_LOST, S.PARTIALLY_REFUNDED),
     ],
 )
-def test_a_resolution_to_a_status_the_amounts_do_not_describe_is_refused(
+def test_a_resolution_to_any_status_but_the_one_the_facts_describe_is_refused(
     status: PaymentStatus, claimed: PaymentStatus
 ) -> None:
     flagged = conflicted(reach(status))
-    with pytest.raises(errors.InvalidEvent, match="does not fit the amounts") as raised:
+    with pytest.raises(errors.InvalidEvent, match="does not fit the facts") as raised:
         decide_resolve_conflict(flagged, claimed, "views agree", T0)
     assert raised.value.code == "invalid_event"
     stored = ConflictResolved(payment_id=PAY, at=T0, status=claimed, reason="views agree")
@@ -293,6 +315,117 @@ def test_a_resolved_history_replays_through_json_to_the_same_payment() -> None:
     history.extend(decide_void(replay(history), T0))
     assert replay(event_from_dict(json.loads(json.dumps(e.to_dict()))) for e in history) == payment
     assert payment.status is S.SUCCEEDED
+
+
+# --- chain facts on a conflicted payment ----------------------------------------------------
+
+
+def _capture(amount: int) -> Captured:
+    return Captured(payment_id=PAY, at=T0, amount=amount, fee=fee_for(amount, MIN_FEE_BPS))
+
+
+CHAIN_FACTS: list[tuple[PaymentStatus, Event]] = [
+    (S.PENDING, Authorized(payment_id=PAY, at=T0, amount=1_000)),
+    (S.PENDING, Failed(payment_id=PAY, at=T0, reason="permit reverted")),
+    (S.REQUIRES_CAPTURE, _capture(400)),
+    (S.REQUIRES_CAPTURE, _capture(1_000)),
+    (S.PARTIALLY_CAPTURED, Voided(payment_id=PAY, at=T0, amount=600)),
+    (S.REQUIRES_CAPTURE, Reclaimed(payment_id=PAY, at=T0, amount=1_000)),
+    (S.SUCCEEDED, Refunded(payment_id=PAY, at=T0, amount=250)),
+    (S.SUCCEEDED, DisputeOpened(payment_id=PAY, at=T0, amount=300)),
+    (S.DISPUTED, DisputeResolved(payment_id=PAY, at=T0, winner=Party.PAYER)),
+    (S.DISPUTED, DisputeResolved(payment_id=PAY, at=T0, winner=Party.MERCHANT)),
+]
+
+
+def test_every_chain_fact_kind_is_taken_while_conflicted() -> None:
+    kinds = {event.kind for _, event in CHAIN_FACTS}
+    assert kinds == set(EVENT_TYPES) - {PaymentRequested.kind, *FLAG_KINDS}
+    assert {kind for status, kind in TRANSITIONS if status is S.CONFLICTED} == {
+        *kinds,
+        *FLAG_KINDS,
+    }
+
+
+@pytest.mark.parametrize(("status", "fact"), CHAIN_FACTS, ids=lambda v: getattr(v, "kind", v))
+def test_a_conflicted_payment_takes_a_chain_fact_into_its_amounts_and_stays_conflicted(
+    status: PaymentStatus, fact: Event
+) -> None:
+    unflagged = apply(reach(status), fact)
+    flagged = apply(conflicted(reach(status)), fact)
+
+    assert (flagged.status, flagged.underlying) == (S.CONFLICTED, unflagged.status)
+    assert replace(flagged, status=unflagged.status, underlying=None) == unflagged
+    # Resolution returns it to the status its facts describe, the absorbed one included.
+    [resolved] = decide_resolve_conflict(flagged, unflagged.status, "views agree", T0 + 1)
+    assert apply(flagged, resolved) == unflagged
+
+
+@pytest.mark.parametrize(
+    ("status", "fact", "error"),
+    [
+        (S.REQUIRES_CAPTURE, Authorized(payment_id=PAY, at=T0, amount=1_000), IllegalTransition),
+        (S.REQUIRES_CAPTURE, Refunded(payment_id=PAY, at=T0, amount=1), IllegalTransition),
+        (S.SUCCEEDED, _capture(1), IllegalTransition),
+        (S.CANCELED, DisputeOpened(payment_id=PAY, at=T0, amount=1), IllegalTransition),
+        (S.FAILED, Authorized(payment_id=PAY, at=T0, amount=1_000), IllegalTransition),
+        (S.REQUIRES_CAPTURE, _capture(1_001), errors.AmountExceedsCapturable),
+        (S.REQUIRES_CAPTURE, Voided(payment_id=PAY, at=T0, amount=999), errors.InvalidAmount),
+        (S.PARTIALLY_REFUNDED, Refunded(payment_id=PAY, at=T0, amount=901), DomainError),
+    ],
+)
+def test_a_fact_the_underlying_status_or_the_amounts_refuse_is_refused_while_conflicted(
+    status: PaymentStatus, fact: Event, error: type[DomainError]
+) -> None:
+    flagged = conflicted(reach(status))
+    before = repr(flagged)
+    with pytest.raises(error) as raised:
+        apply(flagged, fact)
+    if isinstance(raised.value, IllegalTransition):
+        assert raised.value.from_status == status.value  # judged by the status beneath
+    assert repr(flagged) == before
+
+
+def test_a_conflicted_payment_takes_no_command() -> None:
+    for status, decide in [
+        (S.REQUIRES_CAPTURE, lambda p: decide_capture(p, 1, T0, fee_bps=MIN_FEE_BPS)),
+        (S.REQUIRES_CAPTURE, lambda p: decide_void(p, T0)),
+        (S.REQUIRES_CAPTURE, lambda p: decide_reclaim(p, AUTHORIZATION_EXPIRY)),
+        (S.SUCCEEDED, lambda p: decide_refund(p, 1, T0)),
+        (S.SUCCEEDED, lambda p: decide_open_dispute(p, 1, T0)),
+        (S.DISPUTED, lambda p: decide_resolve_dispute(p, Party.MERCHANT, T0)),
+    ]:
+        decide(reach(status))  # accepted while the payment is not flagged
+        with pytest.raises(IllegalTransition) as raised:
+            decide(conflicted(reach(status)))
+        assert raised.value.from_status == S.CONFLICTED.value
+
+
+def test_facts_and_flags_interleaved_resolve_to_the_status_the_facts_describe() -> None:
+    payment = authorized()
+    history: list[Event] = [
+        *decide_request(PAY, TERMS, 1_000, T0),
+        Authorized(payment_id=PAY, at=T0, amount=1_000),
+        Conflicted(payment_id=PAY, at=T0, reason="chain ahead"),
+        _capture(400),
+        Conflicted(payment_id=PAY, at=T0, reason="chain ahead again"),
+        _capture(600),
+    ]
+    flagged = replay(history)
+    assert (flagged.status, flagged.underlying, flagged.captured) == (
+        S.CONFLICTED,
+        S.SUCCEEDED,
+        1_000,
+    )
+    # The status before the conflict no longer fits: the captures moved it on.
+    with pytest.raises(errors.InvalidEvent, match="does not fit the facts"):
+        decide_resolve_conflict(flagged, payment.status, "views agree", T0 + 1)
+    history += decide_resolve_conflict(flagged, S.SUCCEEDED, "views agree", T0 + 1)
+    resolved = replay(history)
+    # The same as folding the facts alone, without the flags.
+    assert resolved == replay(e for e in history if e.kind not in FLAG_KINDS)
+    assert resolved.status is S.SUCCEEDED and resolved.underlying is None
+    assert decide_refund(resolved, 100, T0)  # commands are taken again
 
 
 def _candidate_events() -> Iterator[Event]:
@@ -323,7 +456,7 @@ def test_every_event_sequence_over_small_amounts_keeps_the_books_and_the_table()
     while queue:
         payment = queue.popleft()
         for event in candidates:
-            listed = TRANSITIONS.get((payment.status, event.kind))
+            listed = listed_targets(payment, event.kind)
             try:
                 after = apply(payment, event)
             except IllegalTransition:
@@ -334,8 +467,8 @@ def test_every_event_sequence_over_small_amounts_keeps_the_books_and_the_table()
                 continue
             assert listed is not None and after.status in listed
             assert_books_balance(after)
-            # What a resolution may return to is derived by the rules that got here.
-            assert after.status is S.CONFLICTED or after.status in statuses_matching_amounts(after)
+            # What a resolution returns to is what the rules that got here derived.
+            assert after.unflagged_status in statuses_matching_amounts(after)
             observed.add((payment.status, event.kind, after.status))
             if after not in seen:
                 seen.add(after)
@@ -724,6 +857,25 @@ class PaymentLifecycle(RuleBasedStateMachine):
         ok = self._in(S.DISPUTED)
         self._decide(ok, lambda: decide_resolve_dispute(self.payment, winner, self.now))
 
+    @rule(percent=st.integers(1, 120))
+    def capture_in_flight_while_flagged(self, percent: int) -> None:
+        """Reconciliation flags the payment while a capture is in flight; the capture's fact
+        still lands, and resolution returns to the status it leads to."""
+        amount = self._part_of(self.payment.capturable, percent)
+        try:
+            decided = decide_capture(self.payment, amount, self.now, fee_bps=MIN_FEE_BPS)
+        except DomainError:
+            return  # the capture rule judges refusals
+        unflagged = then(self.payment, decided)
+        flagged = Conflicted(payment_id=PAY, at=self.now, reason="reconcile: in flight")
+        self._decide(True, lambda: [flagged, *decided])
+        assert (self.payment.status, self.payment.underlying) == (S.CONFLICTED, unflagged.status)
+        self._decide(
+            True,
+            lambda: decide_resolve_conflict(self.payment, unflagged.status, "agree", self.now),
+        )
+        assert self.payment == unflagged
+
     @rule()
     def conflict_and_resolve(self) -> None:
         before = self.payment
@@ -742,6 +894,10 @@ class PaymentLifecycle(RuleBasedStateMachine):
     @invariant()
     def the_history_replays_to_the_same_payment(self) -> None:
         assert replay(self.history) == self.payment
+
+    @invariant()
+    def the_flags_change_no_fact(self) -> None:
+        assert replay(e for e in self.history if e.kind not in FLAG_KINDS) == self.payment
 
     @invariant()
     def amounts_are_the_sums_of_the_events(self) -> None:

@@ -7,6 +7,7 @@ checks after quiescence that the projection, the ledger and the chain tell one s
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 from sqlalchemy import func, select, update
@@ -14,14 +15,15 @@ from sqlalchemy import func, select, update
 from engine.chain.anvil import AnvilProcess
 from engine.chain.backends import AnvilBackend, ChainBackend, EmbeddedBackend
 from engine.chain.localnet import UNIT
-from engine.domain.events import Conflicted
+from engine.domain.events import Authorized, Captured, Conflicted, PaymentRequested
+from engine.ops.reconcile import ChainTarget, reconcile
 from engine.saga.demo import settle_mix
 from engine.saga.engine import SettlementEngine
 from engine.saga.relay import Relay
 from engine.store.event_store import EventStore
 from engine.store.ledger import Ledger
 from engine.store.projections import load, stored_form
-from engine.store.schema import indexer_checkpoints, txs
+from engine.store.schema import indexer_checkpoints, payment_commands, txs
 from tests.saga.saga_support import assert_books_match_chain
 
 AMOUNT = 100 * UNIT
@@ -181,9 +183,13 @@ def test_a_new_engine_over_the_same_database_and_chain_settles_what_was_left(
             second.close()
 
 
-def test_an_event_another_writer_appended_is_folded_in_before_the_next(
+def test_a_capture_in_flight_when_reconciliation_flags_the_payment_still_lands_in_its_books(
     engine: SettlementEngine,
 ) -> None:
+    """The capture is accepted, then reconciliation flags the payment (another writer's event,
+    folded in before the mirror's); the escrow's capture is confirmed while the payment is
+    conflicted and still reaches the stream, the projection and the ledger. Reconciliation then
+    finds every view agreeing and resolves the payment to the status the capture left."""
     [payment_id] = authorized_payments(engine, 1)
     engine.service.capture("cap", payment_id, AMOUNT, FEE_BPS)
     flagged = Conflicted(payment_id=payment_id, at=engine.now(), reason="reconcile: test")
@@ -195,9 +201,33 @@ def test_an_event_another_writer_appended_is_folded_in_before_the_next(
     with engine.db.snapshot() as conn:
         current = load(conn, payment_id)
         stream = EventStore(engine.db).read(conn, payment_id)
-        assert EventStore(engine.db).verify(conn).ok
-    assert current is not None and current.payment.status == "conflicted"
-    assert current.version == len(stream) == 4  # requested, authorized, conflicted, conflicted
+        command = conn.execute(
+            select(payment_commands.c.status).where(payment_commands.c.idempotency_key == "cap")
+        ).scalar_one()
+    assert [event.kind for event in stream] == [
+        PaymentRequested.kind,
+        Authorized.kind,
+        Conflicted.kind,
+        Captured.kind,
+    ]
+    assert current is not None and current.version == len(stream)
+    payment = current.payment
+    assert (payment.status, payment.underlying) == ("conflicted", "succeeded")
+    assert (payment.captured, payment.capturable) == (AMOUNT, 0)
+    assert command == "applied"
+    # Projection and escrow agree, the ledger balances and holds the escrow's balance, the
+    # event log verifies and replays to the live books.
+    assert_books_match_chain(engine)
+
+    target = ChainTarget(engine.backend.w3, engine.chain_id, engine.deployment.escrow.address)
+    report = reconcile(engine.db, target, now=engine.now())
+
+    assert (report.mismatched, report.conflicted, report.resolved) == (0, (), (payment_id,))
+    with engine.db.snapshot() as conn:
+        resolved = load(conn, payment_id)
+    assert resolved is not None
+    assert resolved.payment == replace(payment, status="succeeded", underlying=None)
+    assert_books_match_chain(engine)
 
 
 def test_a_batch_whose_gas_bound_falls_short_goes_again_estimated(

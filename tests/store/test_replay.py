@@ -7,16 +7,29 @@ import json
 import pytest
 from sqlalchemy import insert, inspect, select, update
 
-from engine.domain.events import Authorized, Captured, Event, PaymentRequested, Refunded
+from engine.domain.events import (
+    Authorized,
+    Captured,
+    Conflicted,
+    Event,
+    PaymentRequested,
+    Refunded,
+)
 from engine.domain.ids import IdPrefix, PaymentTerms, new_id
 from engine.domain.money import fee_for
-from engine.domain.payment import Payment, apply, start
+from engine.domain.payment import Payment, PaymentStatus, apply, start
 from engine.store.db import Database
 from engine.store.event_store import EventStore
 from engine.store.ledger import Ledger
 from engine.store.ledger_entries import EntryState
 from engine.store.ledger_events import entry_for
-from engine.store.projections import load, project, project_new, stored_form
+from engine.store.projections import (
+    caught_up,
+    load,
+    project,
+    project_new,
+    stored_form,
+)
 from engine.store.replay import cmd_replay, verify_replay
 from engine.store.schema import chain_binding, ledger_accounts, ledger_postings, payments
 
@@ -95,6 +108,40 @@ def test_replay_of_consistent_books_is_identical(database: Database, books: list
     assert report.differences == ()
     assert report.identical
     assert (report.events, report.entries) == (8, 6)
+
+
+def test_a_conflicted_row_loads_with_the_status_its_stream_has_beneath_the_flag(
+    database: Database,
+) -> None:
+    pid = new_id(IdPrefix.PAYMENT)
+    at = 1_700_000_000
+    requested = PaymentRequested(payment_id=pid, at=at, terms=_terms(3), amount=100)
+    payment = book(database, None, requested)
+    payment = book(database, payment, Authorized(payment_id=pid, at=at, amount=100))
+    payment = book(database, payment, Conflicted(payment_id=pid, at=at, reason="drift"))
+    first = Captured(payment_id=pid, at=at, amount=60, fee=fee_for(60, 100))
+    payment = book(database, payment, first)  # taken while conflicted
+    assert (payment.status, payment.underlying) == (
+        PaymentStatus.CONFLICTED,
+        PaymentStatus.PARTIALLY_CAPTURED,
+    )
+    with database.snapshot() as conn:
+        loaded = load(conn, pid)
+    assert loaded is not None and (loaded.payment, loaded.version) == (payment, 4)
+    assert verify_replay(database, chain_id=CHAIN_ID).differences == ()
+
+    # Another writer appended a fact the row has not folded in yet: the row loads as of its
+    # own version, and catching up moves the status beneath the flag on.
+    second = Captured(payment_id=pid, at=at, amount=40, fee=fee_for(40, 100))
+    with database.transaction() as conn:
+        EventStore(database).append(conn, pid, 4, [stored_form(second)])
+        behind = load(conn, pid)
+        assert behind is not None and behind.payment == payment
+        after = caught_up(conn, EventStore(database), behind).payment
+    assert (after.status, after.underlying) == (PaymentStatus.CONFLICTED, PaymentStatus.SUCCEEDED)
+    with database.snapshot() as conn:
+        reloaded = load(conn, pid)
+    assert reloaded is not None and reloaded.payment == after
 
 
 def test_replay_leaves_no_scratch_tables_behind(database: Database, books: list[Payment]) -> None:
