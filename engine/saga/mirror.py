@@ -17,8 +17,14 @@ statements per table rather than a few per notice.
 flight. A skipped operation refused for its sequence number or for an existing payment is a
 re-sent one the escrow had already applied, so it changes nothing.
 
-Not booked yet: ``Credited``/``Withdrawn`` (payouts the escrow could not push) and the extra
-legs of a capture (``LegPaid``); the commands never ask for either.
+``Credited`` and ``Withdrawn`` (a payout the escrow could not push, kept as a credit of its
+recipient, and the recipient taking it out) name no payment: they are staged in the ledger like
+a payment's logs (pending, posted, voided or reversed, keyed by the log), and on confirmation
+appended to the account's credit stream (``engine.store.credit_streams``), in the same
+transaction, so replay books them too. Every credit of the escrow is booked, whoever's payment
+it came from, as its tokens are in the escrow's balance either way.
+
+Not booked yet: the extra legs of a capture (``LegPaid``); the commands never ask for them.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from sqlalchemy import Connection
 
 from engine.chain import escrow_events as chain
 from engine.chain.indexer import Indexer, LogNotice, LogStage, NoticeDedupe
+from engine.domain import credits
 from engine.domain.errors import DomainError
 from engine.domain.events import (
     Authorized,
@@ -45,10 +52,11 @@ from engine.domain.events import (
 )
 from engine.saga.commands import fail_command, settle_command
 from engine.saga.payment_batch import PaymentBatch
+from engine.store.credit_streams import CreditAppends
 from engine.store.db import Database
 from engine.store.ledger import ENTRIES_PER_CALL_MAX, Ledger
 from engine.store.ledger_entries import EntryState, NewEntry
-from engine.store.ledger_events import entry_for
+from engine.store.ledger_events import credit_entry, entry_for
 from engine.store.projections import ProjectedPayment
 
 CONSUMER = "payments-mirror"
@@ -100,11 +108,16 @@ class ChainMirror:
                     )
                 },
             )
+            credit_appends = CreditAppends(conn, self._db)
             books = _LedgerPlan()
             for notice in fresh:
                 report.applied += 1
-                report.conflicts += self._apply(batch, books, notice)
+                if isinstance(fact := notice.log.event, chain.Credited | chain.Withdrawn):
+                    self._credit(credit_appends, books, notice, fact)
+                else:
+                    report.conflicts += self._apply(batch, books, notice)
             batch.flush()
+            credit_appends.flush()
             books.write(conn, self._ledger)
             self._indexer.acknowledge(result, conn)
         return report
@@ -113,7 +126,7 @@ class ChainMirror:
         log = notice.log
         payment_id = getattr(log.event, "payment_id", None)
         if not isinstance(payment_id, bytes):
-            return 0  # not a payment's log (credits, funding approvals)
+            return 0  # not a payment's log (funding approvals)
         current = batch.by_chain_id(payment_id)
         if current is None:
             return 0  # a payment of this escrow that the engine did not make
@@ -126,7 +139,7 @@ class ChainMirror:
         event = _domain_event(log.event, current, log.block_timestamp)
         if event is None:
             return 0
-        key = "log:" + ":".join((log.block_hash.hex(), log.tx_hash.hex(), str(log.log_index)))
+        key = _log_key(notice)
         funder = _funder(log.event, current)
         if notice.stage is LogStage.PENDING:
             entry = entry_for(
@@ -139,6 +152,26 @@ class ChainMirror:
             books.add(_Booking.REMOVED, key, log.block_timestamp)
             return 0
         return self._confirm(batch, books, current, event, key, funder, log.block_timestamp)
+
+    def _credit(
+        self,
+        appends: CreditAppends,
+        books: _LedgerPlan,
+        notice: LogNotice,
+        fact: chain.Credited | chain.Withdrawn,
+    ) -> None:
+        """Stage a credit's ledger entry as a payment's is staged; record it once confirmed."""
+        log = notice.log
+        key = _log_key(notice)
+        if notice.stage is LogStage.REMOVED:
+            books.add(_Booking.REMOVED, key, log.block_timestamp)
+            return
+        event = _credit_event(fact, self._chain_id, log.block_timestamp)
+        if notice.stage is LogStage.PENDING:
+            books.add(_Booking.PENDING, credit_entry(event, key=key), log.block_timestamp)
+            return
+        appends.append(event)
+        books.add(_Booking.CONFIRMED, credit_entry(event, key=key), log.block_timestamp)
 
     def _confirm(
         self,
@@ -212,6 +245,29 @@ def _unbook(conn: Connection, ledger: Ledger, key: str, at: int) -> None:
         ledger.void(conn, key, at)
     elif booked is not None and booked.state is EntryState.POSTED:
         ledger.reverse(conn, key, key + ":reversed", at)
+
+
+def _log_key(notice: LogNotice) -> str:
+    """The ledger key of what a log books: the same log at every stage, a new one elsewhere."""
+    log = notice.log
+    return "log:" + ":".join((log.block_hash.hex(), log.tx_hash.hex(), str(log.log_index)))
+
+
+def _credit_event(
+    event: chain.Credited | chain.Withdrawn, chain_id: int, at: int
+) -> credits.CreditEvent:
+    if isinstance(event, chain.Credited):
+        return credits.Credited(
+            chain_id=chain_id, token=event.token, account=event.account, amount=event.amount, at=at
+        )
+    return credits.Withdrawn(
+        chain_id=chain_id,
+        token=event.token,
+        account=event.account,
+        to=event.to,
+        amount=event.amount,
+        at=at,
+    )
 
 
 def _domain_event(event: object, current: ProjectedPayment, at: int) -> Event | None:

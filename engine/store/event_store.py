@@ -266,6 +266,14 @@ class EventStore:
             for chain in stored
         ]
 
+    def versions(self, conn: Connection, stream_ids: Sequence[str]) -> dict[str, int]:
+        """Each named stream's version, 0 for one not begun: the ``expected_version`` of an
+        append by a writer that holds the append lock and so knows no one moves them."""
+        heads = _heads(conn, stream_ids)
+        return {
+            stream_id: heads[stream_id][0] if stream_id in heads else 0 for stream_id in stream_ids
+        }
+
     def read(self, conn: Connection, stream_id: str, from_version: int = 0) -> list[StoredEvent]:
         """The stream's events with a version above `from_version` (the version already known)."""
         rows = conn.execute(

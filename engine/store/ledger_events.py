@@ -23,11 +23,16 @@ move no money.
 
 Payouts the escrow could not push (``Credited``) stay in the escrow as credits their owner
 withdraws later; ``credited`` and ``withdrawn`` book those, so that escrow_held, disputes and
-escrow_credits together always mirror the escrow's token balance.
+escrow_credits together always mirror the escrow's token balance. ``credit_entry`` books the
+credit events (``engine.domain.credits``) with them, for the mirror and for replay alike:
+
+    Credited            deferred_payouts → escrow_credits   amount   (of the account)
+    Withdrawn           escrow_credits   → deferred_payouts amount
 """
 
 from __future__ import annotations
 
+from engine.domain.credits import Credited, CreditEvent, Withdrawn
 from engine.domain.events import (
     Authorized,
     Captured,
@@ -114,6 +119,19 @@ def withdrawn(asset: AssetKey, account: str, amount: int) -> Transfer:
         AccountKey(asset, _K.DEFERRED_PAYOUTS, account),
         amount,
     )
+
+
+def credit_entry(event: CreditEvent, *, key: str) -> NewEntry:
+    """The entry that books a credit event under ``key``; it belongs to no payment."""
+    asset = AssetKey(event.chain_id, event.token)
+    match event:
+        case Credited():
+            transfer = credited(asset, event.account, event.amount)
+        case Withdrawn():
+            transfer = withdrawn(asset, event.account, event.amount)
+        case _:
+            raise AssertionError(f"no booking for credit event {event.kind}")
+    return NewEntry.from_transfers(key, event.kind, [transfer])
 
 
 def _funder_account(payment: Payment, asset: AssetKey, funder: str | None) -> AccountKey:

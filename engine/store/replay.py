@@ -10,8 +10,9 @@ What is compared, and why not row by row: the live ledger's entry keys are the m
 log keys) and a repaired payment carries reversals next to its re-recorded entries, neither of
 which the events know. What they must agree on is the money: for every payment and account,
 the net of its non-voided postings. The live running totals are checked against the live
-postings by ``Ledger.verify``, so a tampered total is named too. Entries without a payment (the
-escrow's deferred-payout credits, which no payment event books) are left out on both sides.
+postings by ``Ledger.verify``, so a tampered total is named too. The escrow's credits (payouts
+it could not push, which no payment event books) replay from their own streams
+(``engine.store.credit_streams``) and are compared per account.
 
 The scratch tables live inside one transaction that is rolled back, so a replay leaves
 nothing behind and two replays never see each other's tables.
@@ -40,15 +41,18 @@ from engine.domain.events import (
     event_from_dict,
 )
 from engine.domain.payment import Payment, apply, start
+from engine.store.credit_streams import credit_event
 from engine.store.db import Database, open_database
-from engine.store.event_store import READ_ALL_LIMIT_MAX, EventStore, StoredEvent
+from engine.store.event_store import READ_ALL_LIMIT_MAX, EventStore, InvalidEvent, StoredEvent
 from engine.store.ledger import ENTRIES_PER_CALL_MAX, LIVE_TABLES, Ledger, scratch_tables
 from engine.store.ledger_entries import EntryState, NewEntry
-from engine.store.ledger_events import entry_for
+from engine.store.ledger_events import credit_entry, entry_for
 from engine.store.schema import chain_binding
 
 # A replayed payment's history is folded in memory; this bounds one payment's events.
 EVENTS_PER_PAYMENT_MAX = 10_000
+# Postings of entries that belong to no payment (the escrow's credits) are compared under this.
+CREDITS_LABEL = "escrow credits"
 # Keeps the JSON report readable when a whole ledger disagrees; the count stays exact.
 DIFFERENCES_SHOWN_MAX = 100
 PAYMENTS_PROJECTION_TABLE = "payments"
@@ -145,25 +149,44 @@ def domain_event(stored: StoredEvent) -> tuple[Event, str | None] | None:
 def payment_histories(conn: Connection, store: EventStore) -> dict[str, PaymentHistory]:
     """Every payment's history, by payment id; streams that are not payments are skipped."""
     histories: dict[str, PaymentHistory] = {}
+    for stored in _stored_events(conn, store):
+        decoded = domain_event(stored)
+        if decoded is None:
+            continue
+        event, funder = decoded
+        history = histories.get(event.payment_id)
+        if history is None:
+            if not isinstance(event, PaymentRequested):
+                continue  # not a payment stream: payments start with a request
+            history = PaymentHistory(event.payment_id, stored.stream_id, stored.version)
+            histories[event.payment_id] = history
+        if len(history.events) >= EVENTS_PER_PAYMENT_MAX:
+            raise ReplayError(f"{event.payment_id} has over {EVENTS_PER_PAYMENT_MAX} events")
+        history.events.append(HistoryEvent(stored, event, funder))
+        history.version = max(history.version, stored.version)
+    return histories
+
+
+def _stored_events(conn: Connection, store: EventStore) -> Iterator[StoredEvent]:
+    """Every stored event in position order, read a bounded batch at a time."""
     after = 0
     while batch := store.read_all(conn, after, READ_ALL_LIMIT_MAX):
         after = batch[-1].position
-        for stored in batch:
-            decoded = domain_event(stored)
-            if decoded is None:
-                continue
-            event, funder = decoded
-            history = histories.get(event.payment_id)
-            if history is None:
-                if not isinstance(event, PaymentRequested):
-                    continue  # not a payment stream: payments start with a request
-                history = PaymentHistory(event.payment_id, stored.stream_id, stored.version)
-                histories[event.payment_id] = history
-            if len(history.events) >= EVENTS_PER_PAYMENT_MAX:
-                raise ReplayError(f"{event.payment_id} has over {EVENTS_PER_PAYMENT_MAX} events")
-            history.events.append(HistoryEvent(stored, event, funder))
-            history.version = max(history.version, stored.version)
-    return histories
+        yield from batch
+
+
+def _credit_entries(conn: Connection, store: EventStore) -> list[NewEntry]:
+    """The entries of the credit streams' events, in position order: a withdrawal follows the
+    credit it takes out, as on chain. No payment entry touches their accounts."""
+    entries: list[NewEntry] = []
+    for stored in _stored_events(conn, store):
+        try:
+            event = credit_event(stored)
+        except InvalidEvent as error:
+            raise ReplayError(error.args[0]) from error
+        if event is not None:
+            entries.append(credit_entry(event, key=f"replay:{stored.position}"))
+    return entries
 
 
 def bound_chain_id(conn: Connection) -> int | None:
@@ -206,6 +229,9 @@ def _verify(conn: Connection, db: Database, chain_id: int | None) -> ReplayRepor
     events = sum(len(history.events) for history in histories.values())
     chain_id = chain_id if chain_id is not None else bound_chain_id(conn)
     entries = _replayed_entries(histories, chain_id)
+    credit_entries = _credit_entries(conn, EventStore(db))
+    events += len(credit_entries)
+    entries += credit_entries
     scratch = scratch_tables(f"replay_{secrets.token_hex(4)}_")
     scratch.accounts.metadata.create_all(conn)
     replayed = Ledger(scratch)
@@ -267,7 +293,8 @@ Nets = dict[tuple[str, str], int]
 
 def payment_nets(conn: Connection, entries: Table, postings: Table, accounts: Table) -> Nets:
     """The net of every payment's non-voided postings per account, keyed by (payment id,
-    account); read from the rows, so even an unbalanced (tampered) entry is counted."""
+    account), those of no payment (the escrow's credits) under ``CREDITS_LABEL``; read from the
+    rows, so even an unbalanced (tampered) entry is counted."""
     rows = conn.execute(
         select(
             entries.c.payment_id,
@@ -279,12 +306,12 @@ def payment_nets(conn: Connection, entries: Table, postings: Table, accounts: Ta
         )
         .join(entries, entries.c.id == postings.c.entry_id)
         .join(accounts, accounts.c.id == postings.c.account_id)
-        .where(entries.c.payment_id.is_not(None), entries.c.state != EntryState.VOIDED.value)
+        .where(entries.c.state != EntryState.VOIDED.value)
     )
     nets: Nets = {}
     for row in rows:
         account = f"{row.chain_id}:{row.token}:{row.kind}:{row.owner}".rstrip(":")
-        key = (row.payment_id, account)
+        key = (row.payment_id or CREDITS_LABEL, account)
         nets[key] = nets.get(key, 0) + row.amount
     return {key: amount for key, amount in nets.items() if amount != 0}
 
