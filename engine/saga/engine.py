@@ -122,14 +122,15 @@ class SettlementEngine:
 
     def now(self) -> int:
         """The engine's clock: never behind the chain's, so a command is judged no earlier
-        than the block that will carry it. Read once per command batch and relay step."""
+        than the block that will carry it. Read once per command batch and engine step."""
         return max(int(time.time()), self.backend.now())
 
     def step(self) -> StepReport:
         """One round: sagas first (their commands then go out in the same round), then the
         relay, the transaction manager and the mirror."""
-        ticked = self.orchestrator.tick() if self.orchestrator is not None else None
-        relayed = self.relay.step()
+        now = self.now()  # one read of the chain's clock for the round
+        ticked = self.orchestrator.tick(now) if self.orchestrator is not None else None
+        relayed = self.relay.step(now)
         pumped = self.txmanager.pump()
         if self.confirmations and (pumped.open or self.relay.busy):
             self.backend.mine(self.confirmations)

@@ -160,9 +160,9 @@ class Relay:
     def busy(self) -> bool:
         return bool(self._watching)
 
-    def step(self) -> RelayReport:
+    def step(self, now: int | None = None) -> RelayReport:
         """Finish what the chain settled, then claim and submit up to ``batches_per_step``
-        new batches."""
+        new batches; ``now`` is the caller's clock reading, if it has one for the round."""
         report = RelayReport()
         if self._watching:
             records = self._txm.get_many(list(self._watching))
@@ -171,7 +171,9 @@ class Relay:
                     self._finish(record, self._watching.pop(record.idempotency_key), report)
         limit = self._batch_ops_max * self._batches_per_step
         with self._db.transaction() as conn:
-            claim = self._outbox.claim(conn, self._worker_id, self._clock(), limit)
+            claim = self._outbox.claim(
+                conn, self._worker_id, self._clock() if now is None else now, limit
+            )
         report.claimed = len(claim.rows)
         batched = [row for row in claim.rows if row.kind not in ARBITER_KINDS]
         for first in range(0, len(batched), self._batch_ops_max):
