@@ -65,6 +65,8 @@ HEADERS_PER_REQUEST_MAX: Final = 100
 BLOCKS_PER_POLL_LIMIT: Final = 10_000
 REORG_DEPTH_MAX_DEFAULT: Final = 128
 NOTICES_PER_POLL_MAX_DEFAULT: Final = 1_000
+# Notices read at a time while completing the last transaction of a full poll.
+_SAME_TX_NOTICES_MAX: Final = 256
 # Deliveries one dedupe look-up binds (four parameters each): inside every backend's limit.
 _DELIVERIES_PER_QUERY_MAX: Final = 500
 
@@ -532,25 +534,43 @@ class Indexer:
         )
 
     def _undelivered(self) -> tuple[LogNotice, ...]:
+        """Unacknowledged notices, up to the limit, but never part of one transaction's: a
+        consumer sees a capture's LegPaid logs in the same poll as the capture."""
         with self._db.snapshot() as conn:
             acknowledged = conn.execute(
                 select(indexer_checkpoints.c.acknowledged_through).where(
                     indexer_checkpoints.c.id == self._checkpoint_id
                 )
             ).scalar_one()
-            rows = conn.execute(
+            rows = self._notice_rows(conn, acknowledged, self._notices_per_poll_max)
+            while len(rows) >= self._notices_per_poll_max:
+                last = rows[-1]
+                more = [
+                    row
+                    for row in self._notice_rows(conn, last.sequence, _SAME_TX_NOTICES_MAX)
+                    if (row.stage, row.tx_hash, row.block_hash)
+                    == (last.stage, last.tx_hash, last.block_hash)
+                ]
+                rows.extend(more)
+                if len(more) < _SAME_TX_NOTICES_MAX:
+                    break
+        return tuple(LogNotice(row.sequence, LogStage(row.stage), _escrow_log(row)) for row in rows)
+
+    def _notice_rows(self, conn: Connection, after: int, limit: int) -> list[Row[Any]]:
+        return list(
+            conn.execute(
                 select(
                     indexer_notices.c.id.label("sequence"), indexer_notices.c.stage, indexer_logs
                 )
                 .join(indexer_logs, indexer_logs.c.id == indexer_notices.c.log_id)
                 .where(
                     indexer_notices.c.checkpoint_id == self._checkpoint_id,
-                    indexer_notices.c.id > acknowledged,
+                    indexer_notices.c.id > after,
                 )
                 .order_by(indexer_notices.c.id)
-                .limit(self._notices_per_poll_max)
-            ).all()
-        return tuple(LogNotice(row.sequence, LogStage(row.stage), _escrow_log(row)) for row in rows)
+                .limit(limit)
+            )
+        )
 
 
 class NoticeDedupe:

@@ -37,6 +37,7 @@ from sqlalchemy import Connection, select
 from engine.domain.errors import DomainError
 from engine.domain.events import Failed, Party, PaymentRequested
 from engine.domain.ids import IdPrefix, PaymentTerms, new_id
+from engine.domain.money import Leg
 from engine.domain.payment import (
     decide_capture,
     decide_open_dispute,
@@ -108,6 +109,10 @@ class InvalidIdempotencyKey(CommandError):
     code = "invalid_idempotency_key"
 
 
+class InvalidLegs(CommandError):
+    code = "invalid_legs"
+
+
 @dataclass(frozen=True, slots=True)
 class CommandOutcome:
     payment_id: str
@@ -134,10 +139,14 @@ class Create:
 
 @dataclass(frozen=True, slots=True)
 class Capture:
+    """Capture ``amount`` of the hold; ``legs`` (at most four) are paid out of the merchant's
+    share, within the fee budget the payer signed."""
+
     key: str
     payment_id: str
     amount: int
     fee_bps: int
+    legs: tuple[Leg, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,8 +201,10 @@ class PaymentService:
     ) -> CommandOutcome:
         return self._one(Create(key, terms, amount, authorization))
 
-    def capture(self, key: str, payment_id: str, amount: int, fee_bps: int) -> CommandOutcome:
-        return self._one(Capture(key, payment_id, amount, fee_bps))
+    def capture(
+        self, key: str, payment_id: str, amount: int, fee_bps: int, legs: Sequence[Leg] = ()
+    ) -> CommandOutcome:
+        return self._one(Capture(key, payment_id, amount, fee_bps, tuple(legs)))
 
     def void(self, key: str, payment_id: str) -> CommandOutcome:
         return self._one(Void(key, payment_id))
@@ -279,9 +290,11 @@ class PaymentService:
                 "seq": current.chain_seq,
             }
             match command:
-                case Capture(amount=amount, fee_bps=fee_bps):
-                    decide_capture(current.payment, amount, now, fee_bps=fee_bps)
+                case Capture(amount=amount, fee_bps=fee_bps, legs=legs):
+                    decide_capture(current.payment, amount, now, fee_bps=fee_bps, extra_legs=legs)
                     payload |= {"amount": amount, "fee_bps": fee_bps}
+                    if legs:
+                        payload["legs"] = _legs_json(legs)
                 case Void():
                     decide_void(current.payment, now)
                     payload["amount"] = current.payment.capturable
@@ -355,8 +368,15 @@ def _request(command: Command) -> tuple[str, dict[str, Json]]:
                 "amount": amount,
                 "authorization": "0x" + authorization.hex(),
             }
-        case Capture(payment_id=payment_id, amount=amount, fee_bps=fee_bps):
-            return "capture", {"payment_id": payment_id, "amount": amount, "fee_bps": fee_bps}
+        case Capture(payment_id=payment_id, amount=amount, fee_bps=fee_bps, legs=legs):
+            request: dict[str, Json] = {
+                "payment_id": payment_id,
+                "amount": amount,
+                "fee_bps": fee_bps,
+            }
+            if legs:  # a capture without legs keeps the request it always had
+                request["legs"] = _legs_json(legs)
+            return "capture", request
         case Void(payment_id=payment_id):
             return "void", {"payment_id": payment_id}
         case Refund(payment_id=payment_id, amount=amount):
@@ -365,6 +385,24 @@ def _request(command: Command) -> tuple[str, dict[str, Json]]:
             return "open_dispute", {"payment_id": payment_id, "amount": amount}
         case ResolveDispute(payment_id=payment_id, winner=winner):
             return "resolve_dispute", {"payment_id": payment_id, "winner": str(winner)}
+
+
+def _legs_json(legs: tuple[Leg, ...]) -> list[Json]:
+    if not all(isinstance(leg, Leg) for leg in legs):
+        raise InvalidLegs("legs must be Leg(recipient, amount) values")
+    return [dict(leg.to_dict()) for leg in legs]
+
+
+def legs_from_json(value: Json) -> tuple[Leg, ...]:
+    """The legs a capture's outbox payload carries (see ``_legs_json``)."""
+    if not isinstance(value, list):
+        raise TypeError("legs must be a list")
+    legs = []
+    for item in value:
+        if not isinstance(item, dict):
+            raise TypeError("a leg must be an object")
+        legs.append(Leg(recipient=str(item["recipient"]), amount=int(str(item["amount"]))))
+    return tuple(legs)
 
 
 def _current(batch: PaymentBatch, payment_id: str) -> ProjectedPayment:

@@ -24,11 +24,13 @@ appended to the account's credit stream (``engine.store.credit_streams``), in th
 transaction, so replay books them too. Every credit of the escrow is booked, whoever's payment
 it came from, as its tokens are in the escrow's balance either way.
 
-Not booked yet: the extra legs of a capture (``LegPaid``); the commands never ask for them.
+A capture's extra legs (``LegPaid``, emitted right after its ``Captured`` in the same
+transaction) are folded into its ``Captured`` event, as reconciliation's repair reads them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -50,6 +52,7 @@ from engine.domain.events import (
     Refunded,
     Voided,
 )
+from engine.domain.money import Leg
 from engine.saga.commands import fail_command, settle_command
 from engine.saga.payment_batch import PaymentBatch
 from engine.store.credit_streams import CreditAppends
@@ -110,19 +113,26 @@ class ChainMirror:
             )
             credit_appends = CreditAppends(conn, self._db)
             books = _LedgerPlan()
+            legs = _legs_of_captures(fresh)
             for notice in fresh:
                 report.applied += 1
                 if isinstance(fact := notice.log.event, chain.Credited | chain.Withdrawn):
                     self._credit(credit_appends, books, notice, fact)
                 else:
-                    report.conflicts += self._apply(batch, books, notice)
+                    report.conflicts += self._apply(batch, books, notice, legs)
             batch.flush()
             credit_appends.flush()
             books.write(conn, self._ledger)
             self._indexer.acknowledge(result, conn)
         return report
 
-    def _apply(self, batch: PaymentBatch, books: _LedgerPlan, notice: LogNotice) -> int:
+    def _apply(
+        self,
+        batch: PaymentBatch,
+        books: _LedgerPlan,
+        notice: LogNotice,
+        legs: Mapping[int, tuple[Leg, ...]],
+    ) -> int:
         log = notice.log
         payment_id = getattr(log.event, "payment_id", None)
         if not isinstance(payment_id, bytes):
@@ -136,7 +146,9 @@ class ChainMirror:
                 if error.error not in _ALREADY_APPLIED:
                     fail_command(batch, current.payment.id, str(error), log.block_timestamp)
             return 0
-        event = _domain_event(log.event, current, log.block_timestamp)
+        event = _domain_event(
+            log.event, current, log.block_timestamp, legs.get(notice.sequence, ())
+        )
         if event is None:
             return 0
         key = _log_key(notice)
@@ -270,13 +282,40 @@ def _credit_event(
     )
 
 
-def _domain_event(event: object, current: ProjectedPayment, at: int) -> Event | None:
+def _legs_of_captures(notices: Sequence[LogNotice]) -> dict[int, tuple[Leg, ...]]:
+    """The extra legs of each capture among ``notices``, by the capture's notice sequence: the
+    LegPaid logs its transaction emitted right after it (the indexer never splits one
+    transaction's notices over two polls)."""
+    legs: dict[int, tuple[Leg, ...]] = {}
+    capture: LogNotice | None = None
+    for notice in notices:
+        event = notice.log.event
+        if isinstance(event, chain.Captured):
+            capture = notice
+        elif isinstance(event, chain.LegPaid):
+            if (
+                capture is None
+                or (capture.stage, capture.log.tx_hash, capture.log.block_hash)
+                != (notice.stage, notice.log.tx_hash, notice.log.block_hash)
+                or getattr(capture.log.event, "payment_id", None) != event.payment_id
+            ):
+                raise AssertionError(f"LegPaid log {notice.log.key} without its capture")
+            leg = Leg(recipient=event.recipient, amount=event.amount)
+            legs[capture.sequence] = (*legs.get(capture.sequence, ()), leg)
+        else:
+            capture = None
+    return legs
+
+
+def _domain_event(
+    event: object, current: ProjectedPayment, at: int, legs: tuple[Leg, ...] = ()
+) -> Event | None:
     pid = current.payment.id
     match event:
         case chain.Authorized(amount=amount):
             return Authorized(payment_id=pid, at=at, amount=amount)
         case chain.Captured(amount=amount, fee=fee):
-            return Captured(payment_id=pid, at=at, amount=amount, fee=fee)
+            return Captured(payment_id=pid, at=at, amount=amount, fee=fee, legs=legs)
         case chain.Voided(amount=amount):
             return Voided(payment_id=pid, at=at, amount=amount)
         case chain.Reclaimed(amount=amount):

@@ -43,7 +43,7 @@ from engine.chain.tx_errors import UnknownIdempotencyKey
 from engine.chain.tx_store import TxRecord, TxStatus
 from engine.chain.txmanager import TxManager
 from engine.domain.ids import PaymentTerms
-from engine.saga.commands import fail_command
+from engine.saga.commands import fail_command, legs_from_json
 from engine.saga.payment_batch import PaymentBatch
 from engine.store.db import Database
 from engine.store.event_store import Json
@@ -90,7 +90,8 @@ def batch_op(row: OutboxRow) -> BatchOp:
         return BatchOp.authorize(terms, amount, Method.ALLOWANCE, auth)
     if row.kind == "capture":
         fee_bps = int(payload["fee_bps"])  # type: ignore[arg-type]
-        return BatchOp.capture(terms, seq, amount, fee_bps)
+        legs = legs_from_json(payload["legs"]) if "legs" in payload else ()
+        return BatchOp.capture(terms, seq, amount, fee_bps, legs)
     if row.kind == "void":
         return BatchOp.void(terms, seq, amount)
     if row.kind == "refund":

@@ -10,18 +10,21 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
+from eth_account import Account
 from sqlalchemy import func, select, update
 
 from engine.chain.anvil import AnvilProcess
 from engine.chain.backends import AnvilBackend, ChainBackend, EmbeddedBackend
 from engine.chain.localnet import UNIT
 from engine.domain.events import Authorized, Captured, Conflicted, PaymentRequested
+from engine.domain.money import Leg
 from engine.ops.reconcile import ChainTarget, reconcile
 from engine.saga.demo import settle_mix
 from engine.saga.engine import SettlementEngine
 from engine.saga.relay import Relay
 from engine.store.event_store import EventStore
 from engine.store.ledger import Ledger
+from engine.store.ledger_accounts import AccountKey, AccountKind, AssetKey
 from engine.store.projections import load, stored_form
 from engine.store.schema import indexer_checkpoints, payment_commands, txs
 from tests.saga.saga_support import assert_books_match_chain
@@ -257,3 +260,53 @@ def test_a_batch_whose_gas_bound_falls_short_goes_again_estimated(
     first, second = (key for key, _ in sent)
     assert second == first + ":estimated"
     assert_books_match_chain(engine)
+
+
+def test_a_capture_with_extra_legs_books_each_leg_from_the_chain(
+    engine: SettlementEngine,
+) -> None:
+    """Legs go command → relay → escrow; the mirror folds the LegPaid logs into the capture,
+    so each recipient's account holds what the chain paid it and the merchant the rest."""
+    world = engine.deployment
+    [payment_id] = authorized_payments(engine, 1)
+    legs = (Leg(Account.create().address, UNIT // 10), Leg(Account.create().address, UNIT // 5))
+    engine.service.capture("cap-legs", payment_id, AMOUNT, FEE_BPS, legs)
+    engine.run_until_quiescent()
+
+    asset = AssetKey(engine.chain_id, world.token.address)
+    with engine.db.snapshot() as conn:
+        payment = load(conn, payment_id)
+        balances = Ledger().balances(conn, asset)
+        [stored] = [e for e in EventStore(engine.db).read(conn, payment_id) if e.kind == "captured"]
+    assert payment is not None and payment.payment.status == "succeeded"
+    assert stored.payload["legs"] == [leg.to_dict() for leg in legs]
+    for leg in legs:
+        assert world.balance(leg.recipient) == leg.amount
+        assert balances[AccountKey(asset, AccountKind.LEG, leg.recipient)].posted == leg.amount
+    fee = -(-AMOUNT * FEE_BPS // 10_000)
+    merchant = AccountKey(asset, AccountKind.MERCHANT_SETTLED, world.merchant.address)
+    assert balances[merchant].posted == AMOUNT - fee - sum(leg.amount for leg in legs)
+    assert_books_match_chain(engine)
+    target = ChainTarget(engine.backend.w3, engine.chain_id, world.escrow.address)
+    assert reconcile(engine.db, target, now=engine.now()).mismatched == 0
+
+
+def test_a_poll_never_splits_a_capture_from_its_legs(db_url: str) -> None:
+    """With room for two notices per poll, the capture and its three LegPaid logs still come
+    in one poll, so the capture is booked with all its legs."""
+    with EmbeddedBackend() as backend:
+        engine = SettlementEngine(db_url, backend)
+        try:
+            engine.indexer._notices_per_poll_max = 2
+            [payment_id] = authorized_payments(engine, 1)
+            legs = tuple(Leg(Account.create().address, UNIT // 10) for _ in range(3))
+            engine.service.capture("cap-legs", payment_id, AMOUNT, FEE_BPS, legs)
+            engine.run_until_quiescent()
+            with engine.db.snapshot() as conn:
+                captured = [
+                    e for e in EventStore(engine.db).read(conn, payment_id) if e.kind == "captured"
+                ]
+            assert [item.payload["legs"] for item in captured] == [[leg.to_dict() for leg in legs]]
+            assert_books_match_chain(engine)
+        finally:
+            engine.close()
