@@ -302,7 +302,8 @@ def _legs_of_captures(notices: Sequence[LogNotice]) -> dict[int, tuple[Leg, ...]
                 raise AssertionError(f"LegPaid log {notice.log.key} without its capture")
             leg = Leg(recipient=event.recipient, amount=event.amount)
             legs[capture.sequence] = (*legs.get(capture.sequence, ()), leg)
-        else:
+        elif not isinstance(event, chain.Credited | chain.Withdrawn):
+            # A payout kept as a credit may sit between a capture and its legs.
             capture = None
     return legs
 
