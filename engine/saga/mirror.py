@@ -113,7 +113,7 @@ class ChainMirror:
             )
             credit_appends = CreditAppends(conn, self._db)
             books = _LedgerPlan()
-            legs = _legs_of_captures(fresh)
+            legs = legs_of_captures(fresh)
             for notice in fresh:
                 report.applied += 1
                 if isinstance(fact := notice.log.event, chain.Credited | chain.Withdrawn):
@@ -282,7 +282,7 @@ def _credit_event(
     )
 
 
-def _legs_of_captures(notices: Sequence[LogNotice]) -> dict[int, tuple[Leg, ...]]:
+def legs_of_captures(notices: Sequence[LogNotice]) -> dict[int, tuple[Leg, ...]]:
     """The extra legs of each capture among ``notices``, by the capture's notice sequence: the
     LegPaid logs its transaction emitted right after it (the indexer never splits one
     transaction's notices over two polls)."""
