@@ -3,10 +3,15 @@ check them against the chain."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from collections.abc import Callable
+
+import pytest
+from sqlalchemy import func, select
 
 from engine.chain.localnet import UNIT
+from engine.domain.errors import DomainError
 from engine.domain.payment import Payment
+from engine.saga.commands import CommandError
 from engine.saga.engine import SettlementEngine
 from engine.saga.flows import DEFAULT_EXPIRY, ExpiryPolicy, start_direct_checkout
 from engine.saga.orchestrator import Orchestrator, TickReport
@@ -15,7 +20,7 @@ from engine.store.ledger import Ledger
 from engine.store.ledger_accounts import AssetKey
 from engine.store.projections import load, load_all
 from engine.store.replay import verify_replay
-from engine.store.schema import saga_steps, sagas
+from engine.store.schema import events, outbox, payment_commands, saga_steps, sagas
 
 AMOUNT = 100 * UNIT
 FEE_BPS = 50
@@ -110,3 +115,23 @@ def assert_books_match_chain(engine: SettlementEngine) -> None:
         assert ledger.escrow_holdings(conn, asset) == world.balance(world.escrow.address)
         assert EventStore(engine.db).verify(conn).ok
     assert verify_replay(engine.db, chain_id=engine.chain_id).identical
+
+
+def written(engine: SettlementEngine) -> tuple[int, int, int]:
+    """Rows of the tables a command writes: events, outbox operations, command records."""
+    with engine.db.snapshot() as conn:
+        return tuple(  # type: ignore[return-value]
+            conn.execute(select(func.count()).select_from(table)).scalar_one()
+            for table in (events, outbox, payment_commands)
+        )
+
+
+def refused(engine: SettlementEngine, command: Callable[[], object]) -> str:
+    """The code a refused command raises; asserts it wrote nothing."""
+    before = written(engine)
+    with pytest.raises((CommandError, DomainError)) as caught:
+        command()
+    assert written(engine) == before
+    error = caught.value
+    assert isinstance(error, CommandError | DomainError)
+    return error.code

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import func, select
@@ -21,7 +21,8 @@ from engine.saga.commands import (
     Void,
 )
 from engine.saga.engine import SettlementEngine
-from engine.store.schema import events, outbox, payment_commands
+from engine.store.schema import outbox, payment_commands
+from tests.saga.saga_support import refused, written
 
 AMOUNT = 100 * UNIT
 FEE_BPS = 50
@@ -45,25 +46,6 @@ def authorized(engine: SettlementEngine) -> str:
     payment_id = create(engine).payment_id
     engine.run_until_quiescent()
     return payment_id
-
-
-def written(engine: SettlementEngine) -> tuple[int, int, int]:
-    with engine.db.snapshot() as conn:
-        return tuple(  # type: ignore[return-value]
-            conn.execute(select(func.count()).select_from(table)).scalar_one()
-            for table in (events, outbox, payment_commands)
-        )
-
-
-def refused(engine: SettlementEngine, command: Callable[[], object]) -> str:
-    """The code a refused command raises; asserts it wrote nothing."""
-    before = written(engine)
-    with pytest.raises((CommandError, DomainError)) as caught:
-        command()
-    assert written(engine) == before
-    error = caught.value
-    assert isinstance(error, CommandError | DomainError)
-    return error.code
 
 
 def test_a_retried_command_returns_its_first_outcome_and_writes_nothing(

@@ -6,19 +6,16 @@ Runs on the embedded EVM with SQLite and PostgreSQL (fixtures in conftest.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
-from engine.domain.errors import DomainError
 from engine.domain.events import Party
 from engine.domain.payment import Payment
-from engine.saga.commands import CommandError, UnknownPayment
+from engine.saga.commands import UnknownPayment
 from engine.saga.engine import SettlementEngine
 from engine.store.projections import load
-from engine.store.schema import events, outbox, payment_commands, txs
-from tests.saga.saga_support import AMOUNT, FEE_BPS, assert_books_match_chain
+from engine.store.schema import payment_commands, txs
+from tests.saga.saga_support import AMOUNT, FEE_BPS, assert_books_match_chain, refused, written
 
 DISPUTED = AMOUNT // 4
 
@@ -51,25 +48,6 @@ def command_states(engine: SettlementEngine) -> dict[str, str]:
 def senders(engine: SettlementEngine) -> set[str]:
     with engine.db.snapshot() as conn:
         return {str(sender) for (sender,) in conn.execute(select(txs.c.sender)).all()}
-
-
-def written(engine: SettlementEngine) -> tuple[int, int, int]:
-    with engine.db.snapshot() as conn:
-        return tuple(  # type: ignore[return-value]
-            conn.execute(select(func.count()).select_from(table)).scalar_one()
-            for table in (events, outbox, payment_commands)
-        )
-
-
-def refused(engine: SettlementEngine, command: Callable[[], object]) -> str:
-    """The code a refused command raises; asserts it wrote nothing."""
-    before = written(engine)
-    with pytest.raises((CommandError, DomainError)) as caught:
-        command()
-    assert written(engine) == before
-    error = caught.value
-    assert isinstance(error, CommandError | DomainError)
-    return error.code
 
 
 def test_an_opened_dispute_freezes_merchant_funds_on_the_arbiter_lane(
