@@ -28,6 +28,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
+from itertools import takewhile
 from typing import Any, ClassVar, Final, NamedTuple, cast
 
 from eth_utils import to_checksum_address
@@ -545,12 +547,14 @@ class Indexer:
             rows = self._notice_rows(conn, acknowledged, self._notices_per_poll_max)
             while len(rows) >= self._notices_per_poll_max:
                 last = rows[-1]
-                more = [
-                    row
-                    for row in self._notice_rows(conn, last.sequence, _SAME_TX_NOTICES_MAX)
-                    if (row.stage, row.tx_hash, row.block_hash)
-                    == (last.stage, last.tx_hash, last.block_hash)
-                ]
+                # Only the run right after the last row: acknowledging a poll passes every
+                # sequence up to its last notice, so the poll must hold each one of them.
+                more = list(
+                    takewhile(
+                        partial(_same_transaction, last),
+                        self._notice_rows(conn, last.sequence, _SAME_TX_NOTICES_MAX),
+                    )
+                )
                 rows.extend(more)
                 if len(more) < _SAME_TX_NOTICES_MAX:
                     break
@@ -632,6 +636,15 @@ class NoticeDedupe:
 def _delivery_key(notice: LogNotice) -> tuple[str, bytes, bytes, int]:
     log = notice.log
     return notice.stage.value, log.block_hash, log.tx_hash, log.log_index
+
+
+def _same_transaction(first: Row[Any], row: Row[Any]) -> bool:
+    """Whether two notice rows are of one transaction's logs at one stage."""
+    return (row.stage, row.tx_hash, row.block_hash) == (
+        first.stage,
+        first.tx_hash,
+        first.block_hash,
+    )
 
 
 def _header(block: BlockData) -> _Header:
