@@ -310,3 +310,47 @@ def test_a_poll_never_splits_a_capture_from_its_legs(db_url: str) -> None:
             assert_books_match_chain(engine)
         finally:
             engine.close()
+
+
+@pytest.mark.anvil
+def test_a_batch_whose_nonce_another_transaction_took_goes_again_as_a_new_one(
+    anvil_process: AnvilProcess, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The operator's key sends something else with the nonce the relay's batch was given
+    before the batch goes out: the batch is replaced, its rows are retried, and the retry is a
+    new transaction rather than the replaced one found again. (Telling who used a nonce needs
+    historical state, which anvil keeps and the embedded EVM does not.)"""
+    backend: ChainBackend = AnvilBackend(anvil_process)
+    snapshot = backend.snapshot()
+    db_url = f"sqlite:///{tmp_path_factory.mktemp('replaced') / 'settle.db'}"
+    engine = SettlementEngine(db_url, backend)
+    try:
+        world = engine.deployment
+        terms = world.terms(AMOUNT)
+        signature = world.payer_signature(terms)
+        payment_id = engine.service.create("c0", terms, AMOUNT, signature).payment_id
+        engine.relay.step()  # the batch has its nonce; nothing is broadcast yet
+        world.operator.resync()
+        world.operator.send(world.token.functions.approve(world.escrow.address, 1))
+        for _ in range(10):
+            if engine.step().failed:
+                break
+        else:
+            raise AssertionError("the replaced batch never failed")
+        engine.backend.increase_time(engine.outbox.policy.backoff_base_s + 1)
+        engine.backend.mine()
+        engine.run_until_quiescent()
+
+        with engine.db.snapshot() as conn:
+            sent = conn.execute(
+                select(txs.c.idempotency_key, txs.c.status).order_by(txs.c.id)
+            ).all()
+            payment = load(conn, payment_id)
+        assert payment is not None and payment.payment.status == "requires_capture"
+        assert [status for _, status in sent] == ["replaced", "confirmed"]
+        first, second = (key for key, _ in sent)
+        assert second == first + ":estimated"
+        assert_books_match_chain(engine)
+    finally:
+        engine.close()
+        backend.revert(snapshot)
