@@ -182,10 +182,6 @@ def load(conn: Connection, payment_id: str, *, lock: bool = False) -> ProjectedP
     return None if row is None else _projected(conn, [row])[0]
 
 
-def load_by_chain_id(conn: Connection, chain_payment_id: bytes) -> ProjectedPayment | None:
-    return load_many_by_chain_id(conn, [chain_payment_id]).get(chain_payment_id)
-
-
 def load_many(conn: Connection, payment_ids: Collection[str]) -> dict[str, ProjectedPayment]:
     """The rows of those of ``payment_ids`` that exist."""
     found: dict[str, ProjectedPayment] = {}
