@@ -235,25 +235,15 @@ def _decode_event(topics: tuple[bytes, ...], data: bytes) -> EscrowEvent:
 
 def _decode_static(types: Sequence[str], data: bytes) -> list[Any] | None:
     """``eth_abi.decode(types, data)`` for types of fixed size (all but one escrow event's),
-    read straight from the 32-byte words: several times faster, and the indexer decodes every
-    log. None when a type is dynamic or the data is not exactly a canonical encoding, for
-    eth_abi to decode (or refuse) instead."""
-    words = [_word_reader(kind) for kind in types]
-    if any(reader is None for reader in words) or len(data) != 32 * sum(
-        reader[0] for reader in words if reader is not None
-    ):
+    read straight from the 32-byte words, as the tuple of them is. None when a type is dynamic
+    or the data is not exactly a canonical encoding, for eth_abi to decode (or refuse)."""
+    if not types:
+        return [] if not data else None
+    reader = _word_reader(f"({','.join(types)})")
+    if reader is None or len(data) != 32 * reader[0]:
         return None
-    values: list[Any] = []
-    at = 0
-    for reader in words:
-        assert reader is not None
-        count, read = reader
-        value = read(data, at)
-        if value is _NOT_CANONICAL:
-            return None
-        values.append(value)
-        at += 32 * count
-    return values
+    values = reader[1](data, 0)
+    return None if values is _NOT_CANONICAL else list(values)
 
 
 _NOT_CANONICAL: Final = object()

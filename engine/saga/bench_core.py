@@ -20,14 +20,13 @@ import json
 import math
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, select
 
 from engine.chain.anvil import AnvilConfig
 from engine.chain.backends import AnvilBackend, ChainBackend, EmbeddedBackend
@@ -41,7 +40,7 @@ from engine.saga.commands import (
     Refusal,
 )
 from engine.saga.engine import SettlementEngine
-from engine.store.db import normalise_url
+from engine.store.db import normalise_url, scratch_schema
 from engine.store.schema import ledger_entries
 
 PAYMENTS_DEFAULT: Final = 1000
@@ -177,16 +176,9 @@ def bench_backend(
 def fresh_schema(server_url: str) -> Iterator[str]:
     """A URL into a new, uniquely named schema of ``server_url``, dropped on the way out."""
     admin = create_engine(normalise_url(server_url), isolation_level="AUTOCOMMIT")
-    schema = f"bench_{uuid.uuid4().hex}"
     try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        scoped = admin.url.update_query_dict({"options": f"-csearch_path={schema}"})
-        try:
-            yield scoped.render_as_string(hide_password=False)
-        finally:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        with scratch_schema(admin, "bench") as url:
+            yield url
     finally:
         admin.dispose()
 

@@ -7,6 +7,7 @@ code path that reads and writes through SQLAlchemy Core.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -115,6 +116,22 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+@contextmanager
+def scratch_schema(admin: Engine, prefix: str) -> Iterator[str]:
+    """A URL into a new, uniquely named PostgreSQL schema, dropped with everything in it on
+    the way out. ``admin`` is an AUTOCOMMIT engine on the server; the URL's search_path puts
+    the tables (and Alembic's version table) inside the schema."""
+    schema = f"{prefix}_{uuid.uuid4().hex}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    scoped = admin.url.update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield scoped.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
 
 
 def open_database(url: str) -> Database:

@@ -14,7 +14,8 @@ from engine.saga.orchestrator import Orchestrator
 @pytest.fixture
 def engine(db_url: str) -> Iterator[SettlementEngine]:
     with EmbeddedBackend() as backend:
-        # The tests tick an orchestrator of their own (their clocks, policies, failing services).
+        # The loop drives no sagas: saga tests tick an orchestrator of their own (their clocks,
+        # policies, failing services); test_engine_loop.py covers the loop driving them.
         settlement = SettlementEngine(db_url, backend, drive_sagas=False)
         yield settlement
         settlement.close()

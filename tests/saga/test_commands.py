@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
-import pytest
 from sqlalchemy import func, select
 
-from engine.chain.backends import EmbeddedBackend
 from engine.chain.localnet import AUTHORIZATION_WINDOW_S, UNIT
 from engine.domain.errors import DomainError
 from engine.saga.commands import (
@@ -26,14 +23,6 @@ from tests.saga.saga_support import refused, written
 
 AMOUNT = 100 * UNIT
 FEE_BPS = 50
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[SettlementEngine]:
-    with EmbeddedBackend() as backend:
-        settlement = SettlementEngine(db_url, backend)
-        yield settlement
-        settlement.close()
 
 
 def create(engine: SettlementEngine, key: str = "create") -> CommandOutcome:

@@ -6,7 +6,6 @@ checks after quiescence that the projection, the ledger and the chain tell one s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -31,14 +30,6 @@ from tests.saga.saga_support import assert_books_match_chain
 
 AMOUNT = 100 * UNIT
 FEE_BPS = 50
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[SettlementEngine]:
-    with EmbeddedBackend() as backend:
-        settlement = SettlementEngine(db_url, backend)
-        yield settlement
-        settlement.close()
 
 
 def test_a_mix_of_payments_settles_with_books_equal_to_the_chain(

@@ -10,13 +10,12 @@ CI), where a missing database must fail rather than quietly test half the backen
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine
 
-from engine.store.db import Database, normalise_url, open_database, upgrade
+from engine.store.db import Database, normalise_url, open_database, scratch_schema, upgrade
 from engine.store.event_store import EventStore
 
 
@@ -49,15 +48,8 @@ def db_url(
         yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'settle.db'}"
         return
     admin: Engine = request.getfixturevalue("postgres_admin")
-    schema = f"test_{uuid.uuid4().hex}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    scoped = admin.url.update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield scoped.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    with scratch_schema(admin, "test") as url:
+        yield url
 
 
 @pytest.fixture
