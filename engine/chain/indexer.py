@@ -48,7 +48,7 @@ from engine.chain.escrow_events import (
     event_name,
     event_topics,
 )
-from engine.store.db import Database
+from engine.store.db import Database, insert_rows
 from engine.store.schema import (
     CONSUMER_NAME_LENGTH_MAX,
     indexer_blocks,
@@ -344,8 +344,9 @@ class Indexer:
         timestamps = {header.number: header.timestamp for header in headers}
         with self._db.transaction() as conn:
             self._advance(conn, checkpoint, last)
-            conn.execute(
-                insert(indexer_blocks),
+            insert_rows(
+                conn,
+                indexer_blocks,
                 [
                     {
                         "checkpoint_id": checkpoint.id,
@@ -409,13 +410,15 @@ class Indexer:
         ids = {key: revivable[key] for key in stages if key in revivable}
         fresh = [log for log in logs if _key(log) not in revivable]
         if fresh:
-            inserted = conn.execute(
-                insert(indexer_logs).returning(indexer_logs.c.id, sort_by_parameter_order=True),
+            inserted = insert_rows(
+                conn,
+                indexer_logs,
                 [
                     _log_row(checkpoint_id, log, timestamps[log["blockNumber"]], stages[_key(log)])
                     for log in fresh
                 ],
-            ).scalars()
+                returning=indexer_logs.c.id,
+            )
             ids.update(zip(map(_key, fresh), inserted, strict=True))
         for stage in (LogStage.CONFIRMED, LogStage.PENDING):
             revived = [ids[key] for key in ids if key in revivable and stages[key] is stage]
@@ -479,8 +482,9 @@ class Indexer:
         """Queue a notice per (log id, stage), in the order given: the order of delivery."""
         if not notices:
             return
-        conn.execute(
-            insert(indexer_notices),
+        insert_rows(
+            conn,
+            indexer_notices,
             [
                 {"checkpoint_id": checkpoint_id, "log_id": log_id, "stage": stage.value}
                 for log_id, stage in notices
@@ -629,7 +633,7 @@ class NoticeDedupe:
                     }
                 )
         if rows_to_insert:
-            conn.execute(insert(indexer_deliveries), rows_to_insert)
+            insert_rows(conn, indexer_deliveries, rows_to_insert)
         return fresh
 
 

@@ -16,11 +16,11 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from engine.domain.events import Event, PaymentRequested
 from engine.domain.payment import apply, start
-from engine.store.db import Database
+from engine.store.db import Database, insert_rows
 from engine.store.event_store import EventStore, NewEvent, StreamAppend
 from engine.store.projections import (
     ProjectedPayment,
@@ -171,7 +171,7 @@ class PaymentBatch:
         if folds:
             project_many(conn, folds)
         if self._new_commands:
-            conn.execute(insert(payment_commands), [_command_values(c) for c in self._new_commands])
+            insert_rows(conn, payment_commands, [_command_values(c) for c in self._new_commands])
         if self._finished:
             c = payment_commands.c
             conn.execute(

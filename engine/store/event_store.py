@@ -20,9 +20,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar, NamedTuple, TypeAlias, cast
 
-from sqlalchemy import Connection, Row, bindparam, exists, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, exists, select, update
 
-from engine.store.db import Database
+from engine.store.db import Database, insert_rows
 from engine.store.schema import (
     HASH_BYTES,
     KIND_LENGTH_MAX,
@@ -235,7 +235,7 @@ class EventStore:
                 )
 
         if new_heads:
-            conn.execute(insert(streams), new_heads)
+            insert_rows(conn, streams, new_heads)
         if moved_heads:
             c = streams.c
             moved = conn.execute(
@@ -256,15 +256,8 @@ class EventStore:
                         raise ConcurrencyConflict(stream_id, expected[stream_id], actual)
                 raise AssertionError("stream heads moved under the append lock")
 
-        inserted = conn.execute(
-            insert(events).returning(events.c.stream_id, events.c.version, events.c.position),
-            rows,
-        )
-        positions = {(row.stream_id, row.version): row.position for row in inserted}
-        return [
-            [replace(event, position=positions[event.stream_id, event.version]) for event in chain]
-            for chain in stored
-        ]
+        positions = iter(insert_rows(conn, events, rows, returning=events.c.position))
+        return [[replace(event, position=next(positions)) for event in chain] for chain in stored]
 
     def versions(self, conn: Connection, stream_ids: Sequence[str]) -> dict[str, int]:
         """Each named stream's version, 0 for one not begun: the ``expected_version`` of an

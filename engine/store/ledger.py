@@ -44,6 +44,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
+from engine.store.db import insert_rows
 from engine.store.ledger_accounts import (
     ESCROW_KINDS,
     AccountKey,
@@ -410,10 +411,13 @@ class Ledger:
             }
             for entry, reverses_id in entries
         ]
-        inserted = conn.execute(insert(e).returning(e.c.id, e.c.idempotency_key), rows)
-        ids = {row.idempotency_key: row.id for row in inserted}
-        conn.execute(
-            insert(p),
+        inserted = insert_rows(conn, e, rows, returning=e.c.id)
+        ids = {
+            row["idempotency_key"]: entry_id for row, entry_id in zip(rows, inserted, strict=True)
+        }
+        insert_rows(
+            conn,
+            p,
             [
                 {
                     "entry_id": ids[entry.key],

@@ -29,13 +29,14 @@ import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy import Connection, Row, and_, exists, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, exists, func, insert, or_, select, update
 
-from engine.store.db import Database, UnsupportedDatabase, open_database
+from engine.store.db import Database, UnsupportedDatabase, insert_rows, open_database
 from engine.store.event_store import (
     PAYLOAD_BYTES_MAX,
     InvalidEvent,
@@ -302,7 +303,7 @@ class Outbox:
                 # Canonical texts, not parsed payloads: in Python True == 1, in JSON they differ.
                 if (existing.payment_key, existing.kind, existing.payload) != texts[existing.op_id]:
                     raise OperationConflict(existing.op_id)
-                found[existing.op_id] = _outbox_row(existing)
+                found[existing.op_id] = _outbox_row(existing._mapping)
         fresh = [
             {
                 "op_id": op_id,
@@ -313,15 +314,19 @@ class Outbox:
                 "attempts": 0,
                 "due_at": available_at,
                 "available_at": available_at,
+                "claimed_by": None,
+                "lease_until": None,
+                "last_error": None,
+                "result": None,
             }
             for op_id, (payment_key, kind, payload_text) in texts.items()
             if op_id not in found
         ]
-        if fresh:
-            inserted = conn.execute(
-                insert(outbox).returning(*outbox.c, sort_by_parameter_order=True), fresh
-            )
-            found.update((row.op_id, _outbox_row(row)) for row in inserted)
+        ids = insert_rows(conn, outbox, fresh, returning=outbox.c.id)
+        found.update(
+            (str(row["op_id"]), _outbox_row({**row, "id": row_id}))
+            for row, row_id in zip(fresh, ids, strict=True)
+        )
         return [found[operation.op_id] for operation in operations]
 
     def claim(
@@ -413,7 +418,7 @@ class Outbox:
             )
             .returning(*outbox.c)
         ).all()
-        rows = sorted((_outbox_row(row) for row in claimed), key=lambda row: row.id)
+        rows = sorted((_outbox_row(row._mapping) for row in claimed), key=lambda row: row.id)
         return Claim(worker_id, lease_until, tuple(rows))
 
     def complete(
@@ -455,7 +460,7 @@ class Outbox:
                 )
                 .returning(*outbox.c)
             )
-            completed.extend(_outbox_row(row) for row in rows)
+            completed.extend(_outbox_row(row._mapping) for row in rows)
         return sorted(completed, key=lambda row: row.id)
 
     def fail(
@@ -501,7 +506,7 @@ class Outbox:
                 _history(row.id, event, row.attempts, worker_id, error, now)
             )
         )
-        return _outbox_row(updated)
+        return _outbox_row(updated._mapping)
 
     def retry(self, conn: Connection, op_id: str, now: int) -> OutboxRow:
         """Put a dead letter back to pending, due now, with its attempts reset; recorded in the
@@ -528,13 +533,13 @@ class Outbox:
                 _history(row.id, "retried", row.attempts, None, row.last_error, now)
             )
         )
-        return _outbox_row(updated)
+        return _outbox_row(updated._mapping)
 
     def get(self, conn: Connection, op_id: str) -> OutboxRow:
         row = conn.execute(select(outbox).where(outbox.c.op_id == op_id)).one_or_none()
         if row is None:
             raise UnknownOperation(op_id)
-        return _outbox_row(row)
+        return _outbox_row(row._mapping)
 
     def list_rows(
         self,
@@ -550,7 +555,7 @@ class Outbox:
         if status is not None:
             query = query.where(outbox.c.status == OutboxStatus(status).value)
         rows = conn.execute(query.order_by(outbox.c.id).limit(limit))
-        return [_outbox_row(row) for row in rows]
+        return [_outbox_row(row._mapping) for row in rows]
 
     def history(self, conn: Connection, op_id: str) -> list[HistoryEntry]:
         """What happened to the operation beyond its current row, oldest first (bounded)."""
@@ -594,7 +599,7 @@ class Outbox:
         ).one_or_none()
         if row is None:
             raise UnknownOperation(op_id)
-        return _outbox_row(row)
+        return _outbox_row(row._mapping)
 
 
 def cmd_outbox_list(db_url: str, status: str | None, as_json: bool) -> int:
@@ -718,19 +723,19 @@ def _history(
     }
 
 
-def _outbox_row(row: Row[object]) -> OutboxRow:
+def _outbox_row(row: Mapping[Any, Any]) -> OutboxRow:
     return OutboxRow(
-        id=row.id,
-        op_id=row.op_id,
-        payment_key=row.payment_key,
-        kind=row.kind,
-        payload=json.loads(row.payload),
-        status=OutboxStatus(row.status),
-        attempts=row.attempts,
-        due_at=row.due_at,
-        available_at=row.available_at,
-        claimed_by=row.claimed_by,
-        lease_until=row.lease_until,
-        last_error=row.last_error,
-        result=None if row.result is None else json.loads(row.result),
+        id=row["id"],
+        op_id=row["op_id"],
+        payment_key=row["payment_key"],
+        kind=row["kind"],
+        payload=json.loads(row["payload"]),
+        status=OutboxStatus(row["status"]),
+        attempts=row["attempts"],
+        due_at=row["due_at"],
+        available_at=row["available_at"],
+        claimed_by=row["claimed_by"],
+        lease_until=row["lease_until"],
+        last_error=row["last_error"],
+        result=None if row["result"] is None else json.loads(row["result"]),
     )

@@ -18,11 +18,12 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar, cast
 
-from sqlalchemy import Connection, Row, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, func, select, update
 
 from engine.domain.events import Event, PaymentRequested, event_from_dict
 from engine.domain.ids import PaymentTerms
 from engine.domain.payment import Payment, PaymentStatus, apply, replay, start
+from engine.store.db import insert_rows
 from engine.store.event_store import EventStore, Json, NewEvent, StoredEvent, canonical_json
 from engine.store.schema import events, payments
 
@@ -71,8 +72,9 @@ def project_new_many(
         (ProjectedPayment(start(event), chain_payment_id, version, 0), event.at)
         for event, chain_payment_id, version in created
     ]
-    conn.execute(
-        insert(payments),
+    insert_rows(
+        conn,
+        payments,
         [
             {
                 "id": new.payment.id,
