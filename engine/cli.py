@@ -256,10 +256,16 @@ def bench_chain(as_json: JsonFlag = False) -> None:
 @user_errors
 def bench_core(
     payments: Annotated[int, typer.Option("--payments", min=1)] = 1000,
-    arrivals: Annotated[
+    in_flight: Annotated[
         int,
-        typer.Option("--arrivals", min=0, help="Checkouts per engine step (0: one burst)."),
-    ] = 100,
+        typer.Option("--in-flight", min=0, help="Payments open at once (0: all of them)."),
+    ] = 300,
+    single_process: Annotated[
+        bool,
+        typer.Option(
+            "--single-process", help="Run the anvil pipeline in one process, not in workers."
+        ),
+    ] = False,
     db: Annotated[
         str | None,
         typer.Option("--db", help="PostgreSQL server URL (default: the local test server)."),
@@ -269,7 +275,9 @@ def bench_core(
     """Payments per second settled end to end (authorize and capture posted), per backend."""
     from engine.saga.bench_core import cmd_bench_core
 
-    raise typer.Exit(cmd_bench_core(as_json, payments, db, arrivals))
+    raise typer.Exit(
+        cmd_bench_core(as_json, payments, db, in_flight, single_process=single_process)
+    )
 
 
 @app.command("gas-report")

@@ -127,6 +127,14 @@ class AnvilProcess:
         self._stderr: IO[bytes] | None = None
         self._port: int | None = None
 
+    @classmethod
+    def started_elsewhere(cls, port: int, config: AnvilConfig) -> AnvilProcess:
+        """A handle on a node another process started and will stop (the node an engine
+        worker shares with the process that launched it): its URL and settings, no child."""
+        handle = cls(config)
+        handle._port = port
+        return handle
+
     @property
     def port(self) -> int:
         assert self._port is not None, "anvil is not running"

@@ -8,10 +8,12 @@ from dataclasses import dataclass, replace
 from typing import Final
 
 from eth_account.signers.local import LocalAccount
+from eth_utils import to_checksum_address
 from web3.contract import Contract
 from web3.types import TxReceipt
 
 from engine.chain.backends import ChainBackend
+from engine.chain.compiler import load_artifact
 from engine.chain.escrow import ESCROW_NAME, Method, Signer, sign_payment, terms_tuple
 from engine.domain.ids import PaymentTerms
 
@@ -103,16 +105,8 @@ class LocalDeployment:
 
 def deploy_local(backend: ChainBackend) -> LocalDeployment:
     """Deploys escrow and stablecoin, grants roles, funds and approves every party."""
-    accounts = backend.accounts()
-    if len(accounts) < ACCOUNTS_NEEDED:
-        raise ValueError(f"a local deployment needs {ACCOUNTS_NEEDED} funded accounts")
-    # The embedded EVM estimates gas by executing a transaction many times; a fixed limit
-    # (simulated once for reverts) keeps its tests fast. Gas used is the same either way.
-    gas_limit = EMBEDDED_GAS_LIMIT if backend.name == "embedded" else None
-    signers = [
-        Signer(backend.w3, account, gas_limit=gas_limit) for account in accounts[:ACCOUNTS_NEEDED]
-    ]
-    admin, operator, arbiter, pauser, payer, merchant, fee_receiver, other = signers
+    signers = _signers(backend)
+    admin, operator, arbiter, pauser, payer, merchant, _, _ = signers
     escrow = admin.deploy(ESCROW_NAME, admin.address)
     token = admin.deploy(STABLECOIN_NAME)
     for role, holder in zip(ROLES, (operator, arbiter, pauser), strict=True):
@@ -126,6 +120,23 @@ def deploy_local(backend: ChainBackend) -> LocalDeployment:
     # The merchant lets the operator and the arbiter fund refunds and disputes from it.
     for spender in (operator, arbiter):
         merchant.send(escrow.functions.approveFunding(spender.address, True))
+    return _assembled(backend, escrow, token, signers)
+
+
+def attach_local(backend: ChainBackend, escrow_address: str, token_address: str) -> LocalDeployment:
+    """The deployment ``deploy_local`` made on this chain, as another process (an engine
+    worker beside the one that deployed) sees it: the same contracts and keys."""
+    escrow, token = (
+        backend.w3.eth.contract(address=to_checksum_address(address), abi=load_artifact(name).abi)
+        for name, address in ((ESCROW_NAME, escrow_address), (STABLECOIN_NAME, token_address))
+    )
+    return _assembled(backend, escrow, token, _signers(backend))
+
+
+def _assembled(
+    backend: ChainBackend, escrow: Contract, token: Contract, signers: list[Signer]
+) -> LocalDeployment:
+    admin, operator, arbiter, pauser, payer, merchant, fee_receiver, other = signers
     return LocalDeployment(
         backend=backend,
         escrow=escrow,
@@ -139,3 +150,16 @@ def deploy_local(backend: ChainBackend) -> LocalDeployment:
         fee_receiver=fee_receiver,
         other=other,
     )
+
+
+def _signers(backend: ChainBackend) -> list[Signer]:
+    """One signer per role, from the chain's funded accounts, in the dataclass's order."""
+    accounts = backend.accounts()
+    if len(accounts) < ACCOUNTS_NEEDED:
+        raise ValueError(f"a local deployment needs {ACCOUNTS_NEEDED} funded accounts")
+    # The embedded EVM estimates gas by executing a transaction many times; a fixed limit
+    # (simulated once for reverts) keeps its tests fast. Gas used is the same either way.
+    gas_limit = EMBEDDED_GAS_LIMIT if backend.name == "embedded" else None
+    return [
+        Signer(backend.w3, account, gas_limit=gas_limit) for account in accounts[:ACCOUNTS_NEEDED]
+    ]

@@ -1,15 +1,21 @@
 """`settle bench core`: payments fully settled per second through the whole pipeline.
 
 A payment counts once its authorization and its capture are both posted in the ledger, having
-gone command → outbox → relay → tx manager → escrow → indexer → chain mirror. Checkouts arrive
-as a steady stream, ``arrivals`` per engine step (0 makes one burst of them all); each payment
-is captured as soon as its authorization is posted, as a merchant capturing on request would.
-The clock runs from the first command to the last posted capture, so SQL bookkeeping, signing
-and the chain are all part of the price.
+gone command → outbox → relay → tx manager → escrow → indexer → chain mirror. A shop keeps
+``in_flight`` payments open at a time (0: all of them at once), starting a new checkout as one
+settles; each payment is captured as soon as its authorization is posted, as a merchant
+capturing on request would. The clock runs from the first command to the last posted capture,
+so SQL bookkeeping, signing and the chain are all part of the price.
 
-posting_lag is the wall time from a capture command's acceptance to the step after which its
-ledger entry is seen posted: the loop looks once per engine step, so the figure is exact to one
-step. Terms and payer signatures are made before the clock starts: they are the payer's work.
+On anvil + PostgreSQL the pipeline runs as in production (``engine.saga.workers``): a relay
+worker and a mirror worker in processes of their own, while this process is the shop, as the
+API would be. ``single_process`` steps the whole engine here instead, as the embedded EVM must
+(it lives inside the process).
+
+posting_lag is the wall time from a capture command's acceptance to the shop's first look that
+sees its ledger entry posted; the shop looks after every engine step, or every
+``SHOP_POLL_S`` when workers run the engine. Terms and payer signatures are made before the
+clock starts: they are the payer's work.
 
 PostgreSQL runs in a fresh schema of the given server, dropped afterwards.
 """
@@ -20,7 +26,7 @@ import json
 import math
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,14 +45,17 @@ from engine.saga.commands import (
     PaymentService,
     Refusal,
 )
-from engine.saga.engine import SettlementEngine
+from engine.saga.engine import Role, SettlementEngine
+from engine.saga.workers import WorkerSpec, running_workers
 from engine.store.db import normalise_url, scratch_schema
 from engine.store.schema import ledger_entries
 
 PAYMENTS_DEFAULT: Final = 1000
-# Checkouts arriving per engine step: a steady stream, as a live shop sees, rather than one
-# burst whose last capture would queue behind every other payment's work.
-ARRIVALS_DEFAULT: Final = 100
+# Payments open at once: enough to fill every stage of the pipeline, few enough that a capture
+# does not queue behind a burst of other payments' work.
+IN_FLIGHT_DEFAULT: Final = 300
+# How often the shop looks for posted entries while workers run the engine.
+SHOP_POLL_S: Final = 0.02
 POSTGRES_URL_DEFAULT: Final = "postgresql://postgres@127.0.0.1:5432/test"
 AMOUNT: Final = UNIT
 FEE_BPS: Final = 50
@@ -84,11 +93,15 @@ class CoreFigures:
 
 
 def settle_payments(
-    engine: SettlementEngine, payments: int, arrivals: int = ARRIVALS_DEFAULT
+    engine: SettlementEngine,
+    payments: int,
+    in_flight: int = IN_FLIGHT_DEFAULT,
+    advance: Callable[[], object] | None = None,
 ) -> CoreFigures:
-    """Create ``payments`` payments, ``arrivals`` per engine step (0: all at once), capture
-    each once authorized, until all are posted."""
-    assert payments > 0 and arrivals >= 0, (payments, arrivals)
+    """Settle ``payments`` payments, at most ``in_flight`` open at once (0: all), capturing
+    each once authorized. ``advance`` moves the pipeline on between two looks at the ledger:
+    one engine step (the default), or a short wait while worker processes run the engine."""
+    assert payments > 0 and in_flight >= 0, (payments, in_flight)
     world = engine.deployment
     service = engine.service
     terms = [world.terms(AMOUNT) for _ in range(payments)]
@@ -97,17 +110,19 @@ def settle_payments(
         Create(f"bench-create-{index}", item, AMOUNT, signature)
         for index, (item, signature) in enumerate(zip(terms, signatures, strict=True))
     ]
-    per_step = arrivals or payments
+    window = in_flight or payments
+    step = advance or engine.step
     started = time.perf_counter()
     to_authorize: set[str] = set()
     to_capture: dict[str, float] = {}
     lags: list[float] = []
-    for step in range(STEPS_MAX):
-        arriving = creates[step * per_step : (step + 1) * per_step]
+    for _ in range(STEPS_MAX):
+        room = max(0, window - len(to_authorize) - len(to_capture))
+        arriving, creates = creates[:room], creates[room:]
         if not (arriving or to_authorize or to_capture):
             break
         to_authorize.update(_submitted(service, arriving))
-        engine.step()
+        step()
         authorized = _posted(engine, "authorized", to_authorize)
         captured = _posted(engine, "captured", set(to_capture))
         seen = time.perf_counter()
@@ -122,7 +137,7 @@ def settle_payments(
     else:
         raise NotSettled(
             f"{len(to_authorize)} not authorized, {len(to_capture)} not captured "
-            f"after {STEPS_MAX} steps"
+            f"after {STEPS_MAX} rounds"
         )
     return CoreFigures(payments, time.perf_counter() - started, tuple(lags))
 
@@ -163,13 +178,39 @@ def _posted(engine: SettlementEngine, kind: str, payment_ids: set[str]) -> set[s
 
 
 def bench_backend(
-    db_url: str, backend: ChainBackend, payments: int, arrivals: int = ARRIVALS_DEFAULT
+    db_url: str, backend: ChainBackend, payments: int, in_flight: int = IN_FLIGHT_DEFAULT
 ) -> CoreFigures:
+    """The whole engine stepped in this process."""
     engine = SettlementEngine(db_url, backend)
     try:
-        return settle_payments(engine, payments, arrivals)
+        return settle_payments(engine, payments, in_flight)
     finally:
         engine.close()
+
+
+def bench_with_workers(
+    db_url: str, backend: AnvilBackend, payments: int, in_flight: int = IN_FLIGHT_DEFAULT
+) -> CoreFigures:
+    """A relay worker and a mirror worker in processes of their own; this process is the
+    shop, accepting commands and watching the ledger."""
+    shop = SettlementEngine(db_url, backend, roles=frozenset())
+    escrow, token = shop.deployment.escrow.address, shop.deployment.token.address
+    specs = [
+        WorkerSpec(
+            db_url, backend.process.port, backend.process.config, escrow, token, frozenset(roles)
+        )
+        for roles in ({Role.SAGAS, Role.RELAY}, {Role.MIRROR})
+    ]
+    try:
+        with running_workers(specs) as workers:
+
+            def wait() -> None:
+                workers.check()
+                time.sleep(SHOP_POLL_S)
+
+            return settle_payments(shop, payments, in_flight, wait)
+    finally:
+        shop.close()
 
 
 @contextmanager
@@ -184,16 +225,22 @@ def fresh_schema(server_url: str) -> Iterator[str]:
 
 
 def bench_anvil_postgresql(
-    server_url: str, payments: int, arrivals: int = ARRIVALS_DEFAULT
+    server_url: str,
+    payments: int,
+    in_flight: int = IN_FLIGHT_DEFAULT,
+    *,
+    single_process: bool = False,
 ) -> CoreFigures:
     with fresh_schema(server_url) as url, AnvilBackend.launch(AnvilConfig()) as backend:
-        return bench_backend(url, backend, payments, arrivals)
+        if single_process:
+            return bench_backend(url, backend, payments, in_flight)
+        return bench_with_workers(url, backend, payments, in_flight)
 
 
-def bench_embedded_sqlite(payments: int, arrivals: int = ARRIVALS_DEFAULT) -> CoreFigures:
+def bench_embedded_sqlite(payments: int, in_flight: int = IN_FLIGHT_DEFAULT) -> CoreFigures:
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBackend() as backend:
         url = f"sqlite:///{Path(tmp) / 'bench.db'}"
-        return bench_backend(url, backend, payments, arrivals)
+        return bench_backend(url, backend, payments, in_flight)
 
 
 Report = dict[str, dict[str, dict[str, float]]]
@@ -203,23 +250,35 @@ def to_report(runs: Mapping[str, CoreFigures]) -> Report:
     return {"backends": {name: figures.to_dict() for name, figures in runs.items()}}
 
 
-def measure(payments: int, db_url: str | None, arrivals: int = ARRIVALS_DEFAULT) -> Report:
+def measure(
+    payments: int,
+    db_url: str | None,
+    in_flight: int = IN_FLIGHT_DEFAULT,
+    *,
+    single_process: bool = False,
+) -> Report:
     """Both backends, one after the other (they would share the machine's two cores)."""
     return to_report(
         {
             "anvil+postgresql": bench_anvil_postgresql(
-                db_url or POSTGRES_URL_DEFAULT, payments, arrivals
+                db_url or POSTGRES_URL_DEFAULT, payments, in_flight, single_process=single_process
             ),
-            "embedded+sqlite": bench_embedded_sqlite(payments, arrivals),
+            "embedded+sqlite": bench_embedded_sqlite(payments, in_flight),
         }
     )
 
 
 def cmd_bench_core(
-    as_json: bool, payments: int, db_url: str | None, arrivals: int = ARRIVALS_DEFAULT
+    as_json: bool,
+    payments: int,
+    db_url: str | None,
+    in_flight: int = IN_FLIGHT_DEFAULT,
+    *,
+    single_process: bool = False,
 ) -> int:
-    """`settle bench core [--json] [--payments N] [--arrivals N] [--db POSTGRES_URL]`."""
-    result = measure(payments, db_url, arrivals)
+    """`settle bench core [--json] [--payments N] [--in-flight N] [--single-process]
+    [--db POSTGRES_URL]`."""
+    result = measure(payments, db_url, in_flight, single_process=single_process)
     if as_json:
         print(json.dumps(result))
         return 0

@@ -1,8 +1,10 @@
 """The settlement engine: commands, sagas, relay, transaction manager, indexer and chain mirror
 wired onto one database and one escrow deployment, stepped by one loop.
 
-The loop is for one process; every component keeps its state in the database, so a new
-engine over the same database and chain continues where a stopped one left off.
+Every component keeps its state in the database, so a new engine over the same database and
+chain continues where a stopped one left off, and the work can be split between processes by
+role (``Role``): on PostgreSQL one process can relay commands to the chain while another
+mirrors the chain into the books, each on its own core.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import secrets
 import socket
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 
 from engine.chain.backends import ChainBackend
 from engine.chain.binding import bind
@@ -31,6 +34,17 @@ FEE_CAP_PER_GAS = 500 * 10**9  # local chains: far above their base fee, far bel
 BLOCKS_PER_POLL_MAX = 500
 # Nothing to do but wait for a retry's backoff: how long one idle step sleeps.
 IDLE_SLEEP_S = 0.05
+
+
+class Role(StrEnum):
+    """A share of the loop's work that one process can take on."""
+
+    SAGAS = "sagas"  # the orchestrator's timers and steps, which issue commands
+    RELAY = "relay"  # outbox -> transaction manager -> chain (mining, on a local chain)
+    MIRROR = "mirror"  # indexer -> payment streams, projection and ledger
+
+
+ALL_ROLES: frozenset[Role] = frozenset(Role)
 
 
 class NotQuiescent(RuntimeError):
@@ -62,7 +76,8 @@ class SettlementEngine:
 
     Deploys a fresh escrow on ``backend`` unless given ``deployment``. ``confirmations`` is
     the depth at which both the transaction manager and the indexer call a block final; on a
-    local chain the loop mines the blocks that takes.
+    local chain the loop mines the blocks that takes. ``roles`` are the parts of the work
+    ``step`` does; at most one process may take ``Role.MIRROR`` (one indexer per escrow).
     """
 
     def __init__(
@@ -73,13 +88,14 @@ class SettlementEngine:
         *,
         confirmations: int = 0,
         worker_id: str | None = None,
-        drive_sagas: bool = True,
+        roles: frozenset[Role] = ALL_ROLES,
     ) -> None:
         upgrade(db_url)
         self.backend = backend
         self.db: Database = open_database(db_url)
         self.deployment = deployment or deploy_local(backend)
         self.confirmations = confirmations
+        self.roles = roles
         escrow = self.deployment.escrow
         self.chain_id = backend.chain_id
         bind(self.db, backend.w3, escrow.address, now=self.now())
@@ -117,8 +133,7 @@ class SettlementEngine:
             start_block=backend.w3.eth.block_number,
         )
         self.mirror = ChainMirror(self.db, self.indexer, self.chain_id)
-        # None when the caller ticks an orchestrator of its own (with other flows or policy).
-        self.orchestrator = Orchestrator(self.db, self.service, self.now) if drive_sagas else None
+        self.orchestrator = Orchestrator(self.db, self.service, self.now)
 
     def now(self) -> int:
         """The engine's clock: never behind the chain's, so a command is judged no earlier
@@ -126,25 +141,24 @@ class SettlementEngine:
         return max(int(time.time()), self.backend.now())
 
     def step(self) -> StepReport:
-        """One round: sagas first (their commands then go out in the same round), then the
-        relay, the transaction manager and the mirror."""
+        """One round of this engine's roles: sagas first (their commands then go out in the
+        same round), then the relay and the transaction manager, then the mirror."""
         now = self.now()  # one read of the chain's clock for the round
-        ticked = self.orchestrator.tick(now) if self.orchestrator is not None else None
-        relayed = self.relay.step(now)
-        pumped = self.txmanager.pump()
-        if self.confirmations and (pumped.open or self.relay.busy):
-            self.backend.mine(self.confirmations)
-        mirrored = self.mirror.step()
-        return StepReport(
-            claimed=relayed.claimed,
-            submitted=relayed.submitted,
-            completed=relayed.completed,
-            failed=relayed.failed,
-            open_txs=pumped.open,
-            notices=mirrored.notices,
-            conflicts=mirrored.conflicts,
-            sagas_idle=ticked is None or ticked.idle,
-        )
+        report = StepReport(0, 0, 0, 0, 0, 0, 0)
+        if Role.SAGAS in self.roles:
+            report.sagas_idle = self.orchestrator.tick(now).idle
+        if Role.RELAY in self.roles:
+            relayed = self.relay.step(now)
+            pumped = self.txmanager.pump()
+            if self.confirmations and (pumped.open or self.relay.busy):
+                self.backend.mine(self.confirmations)
+            report.claimed, report.submitted = relayed.claimed, relayed.submitted
+            report.completed, report.failed = relayed.completed, relayed.failed
+            report.open_txs = pumped.open
+        if Role.MIRROR in self.roles:
+            mirrored = self.mirror.step()
+            report.notices, report.conflicts = mirrored.notices, mirrored.conflicts
+        return report
 
     def run_until_quiescent(self, max_steps: int = 200) -> int:
         """Step until no operation is owed, in flight or unbooked; returns the steps taken."""

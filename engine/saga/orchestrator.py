@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Row, and_, func, insert, select, update
+from sqlalchemy import Connection, Row, and_, func, insert, or_, select, update
 
 from engine.domain.errors import DomainError
 from engine.domain.events import Party
@@ -256,6 +256,8 @@ class Orchestrator:
         """Run what is due at ``now``: timers, then steps, then what the chain changed."""
         at = self._clock() if now is None else now
         report = TickReport()
+        if not self._anything_due(at):
+            return report
         self._fire_timers(at, report)
         self._finish_submitted(at, report)
         self._run_pending(at, report)
@@ -270,6 +272,26 @@ class Orchestrator:
         return str(row.status), row.outcome
 
     # ── the four kinds of due work ────────────────────────────────────────────────────
+
+    def _anything_due(self, at: int) -> bool:
+        """Whether any of the four kinds of work below may be due: one look instead of four
+        for the engine loop, which ticks every step whether sagas run or not."""
+        t, s, c = saga_timers.c, saga_steps.c, payment_commands.c
+        g, p = saga_table.c, payments.c
+        due = or_(
+            select(t.saga_id).where(t.status == "pending", t.due_at <= at).exists(),
+            select(s.saga_id)
+            .join(payment_commands, c.idempotency_key == s.command_key)
+            .where(s.status == "submitted", c.status != "accepted")
+            .exists(),
+            select(s.saga_id).where(s.status == "pending", s.due_at <= at).exists(),
+            select(g.id)
+            .join(payments, p.id == g.payment_id)
+            .where(g.status == "running", p.version > g.observed_version)
+            .exists(),
+        )
+        with self._db.snapshot() as conn:
+            return bool(conn.execute(select(due)).scalar())
 
     def _fire_timers(self, at: int, report: TickReport) -> None:
         t = saga_timers.c

@@ -24,7 +24,6 @@ def test_the_engine_loop_runs_a_checkout_saga_to_its_end(
     driving_engine: SettlementEngine,
 ) -> None:
     engine = driving_engine
-    assert engine.orchestrator is not None
     checkout(engine, engine.orchestrator, "co-loop", auto_capture=True)
 
     engine.run_until_quiescent()

@@ -43,9 +43,7 @@ def engine(db_url: str) -> Iterator[SettlementEngine]:
     with EmbeddedBackend() as backend:
         deployment = deploy_local(backend)
         token = deploy_funded_token(deployment, "BlocklistToken")
-        settlement = SettlementEngine(
-            db_url, backend, replace(deployment, token=token), drive_sagas=False
-        )
+        settlement = SettlementEngine(db_url, backend, replace(deployment, token=token))
         yield settlement
         settlement.close()
 
@@ -207,7 +205,6 @@ def deep_engine(db_url: str) -> Iterator[SettlementEngine]:
             backend,
             replace(deployment, token=token),
             confirmations=CONFIRMATIONS,
-            drive_sagas=False,
         )
         yield settlement
         settlement.close()
