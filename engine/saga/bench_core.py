@@ -45,8 +45,8 @@ from engine.saga.commands import (
     PaymentService,
     Refusal,
 )
-from engine.saga.engine import Role, SettlementEngine
-from engine.saga.workers import WorkerSpec, running_workers
+from engine.saga.engine import SettlementEngine
+from engine.saga.workers import relay_and_mirror, running_workers
 from engine.store.db import normalise_url, scratch_schema
 from engine.store.schema import ledger_entries
 
@@ -188,27 +188,26 @@ def bench_backend(
         engine.close()
 
 
+def settle_with_workers(
+    shop: SettlementEngine, payments: int, in_flight: int = IN_FLIGHT_DEFAULT
+) -> CoreFigures:
+    """``settle_payments`` with a relay worker and a mirror worker in processes of their own;
+    ``shop`` (an engine with no roles) only accepts commands and watches the ledger."""
+    with running_workers(relay_and_mirror(shop)) as workers:
+
+        def wait() -> None:
+            workers.check()
+            time.sleep(SHOP_POLL_S)
+
+        return settle_payments(shop, payments, in_flight, wait)
+
+
 def bench_with_workers(
     db_url: str, backend: AnvilBackend, payments: int, in_flight: int = IN_FLIGHT_DEFAULT
 ) -> CoreFigures:
-    """A relay worker and a mirror worker in processes of their own; this process is the
-    shop, accepting commands and watching the ledger."""
     shop = SettlementEngine(db_url, backend, roles=frozenset())
-    escrow, token = shop.deployment.escrow.address, shop.deployment.token.address
-    specs = [
-        WorkerSpec(
-            db_url, backend.process.port, backend.process.config, escrow, token, frozenset(roles)
-        )
-        for roles in ({Role.SAGAS, Role.RELAY}, {Role.MIRROR})
-    ]
     try:
-        with running_workers(specs) as workers:
-
-            def wait() -> None:
-                workers.check()
-                time.sleep(SHOP_POLL_S)
-
-            return settle_payments(shop, payments, in_flight, wait)
+        return settle_with_workers(shop, payments, in_flight)
     finally:
         shop.close()
 

@@ -143,8 +143,15 @@ class SettlementEngine:
     def step(self) -> StepReport:
         """One round of this engine's roles: sagas first (their commands then go out in the
         same round), then the relay and the transaction manager, then the mirror."""
-        now = self.now()  # one read of the chain's clock for the round
         report = StepReport(0, 0, 0, 0, 0, 0, 0)
+        if self.roles & {Role.SAGAS, Role.RELAY}:
+            self._send(self.now(), report)  # one read of the chain's clock for the round
+        if Role.MIRROR in self.roles:
+            mirrored = self.mirror.step()
+            report.notices, report.conflicts = mirrored.notices, mirrored.conflicts
+        return report
+
+    def _send(self, now: int, report: StepReport) -> None:
         if Role.SAGAS in self.roles:
             report.sagas_idle = self.orchestrator.tick(now).idle
         if Role.RELAY in self.roles:
@@ -155,10 +162,6 @@ class SettlementEngine:
             report.claimed, report.submitted = relayed.claimed, relayed.submitted
             report.completed, report.failed = relayed.completed, relayed.failed
             report.open_txs = pumped.open
-        if Role.MIRROR in self.roles:
-            mirrored = self.mirror.step()
-            report.notices, report.conflicts = mirrored.notices, mirrored.conflicts
-        return report
 
     def run_until_quiescent(self, max_steps: int = 200) -> int:
         """Step until no operation is owed, in flight or unbooked; returns the steps taken."""

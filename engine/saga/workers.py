@@ -50,6 +50,21 @@ class WorkerSpec:
     confirmations: int = 0
 
 
+def relay_and_mirror(engine: SettlementEngine) -> list[WorkerSpec]:
+    """Specs of a relay worker (which also drives sagas) and a mirror worker joining
+    ``engine``'s database and its deployment on anvil."""
+    backend = engine.backend
+    if not isinstance(backend, AnvilBackend):
+        raise TypeError("workers share an anvil node; the embedded EVM lives in one process")
+    escrow, token = engine.deployment.escrow.address, engine.deployment.token.address
+    url = engine.db.engine.url.render_as_string(hide_password=False)
+    port, config = backend.process.port, backend.process.config
+    return [
+        WorkerSpec(url, port, config, escrow, token, roles, engine.confirmations)
+        for roles in (frozenset({Role.SAGAS, Role.RELAY}), frozenset({Role.MIRROR}))
+    ]
+
+
 def run_worker(spec: WorkerSpec, ready: Event, stop: Event) -> None:
     """Step an engine with ``spec.roles`` until ``stop`` is set (a worker process's target)."""
     backend = AnvilBackend(AnvilProcess.started_elsewhere(spec.anvil_port, spec.anvil))
@@ -73,11 +88,11 @@ class Workers:
     """Running worker processes; ``check`` raises once any of them has died."""
 
     def __init__(self, processes: Sequence[BaseProcess], specs: Sequence[WorkerSpec]) -> None:
-        self._processes = processes
+        self.processes = processes
         self._specs = specs
 
     def check(self) -> None:
-        for process, spec in zip(self._processes, self._specs, strict=True):
+        for process, spec in zip(self.processes, self._specs, strict=True):
             if not process.is_alive():
                 roles = ", ".join(sorted(spec.roles))
                 raise WorkerFailed(f"the {roles} worker exited with code {process.exitcode}")

@@ -1,0 +1,85 @@
+"""The relay and the mirror in worker processes of their own, on one PostgreSQL database and one
+anvil node: payments that a third process accepts settle exactly as a single engine settles
+them, and a worker that dies stops the run loudly instead of leaving it waiting."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from engine.chain.anvil import AnvilProcess
+from engine.chain.backends import AnvilBackend, EmbeddedBackend
+from engine.ops.reconcile import ChainTarget, reconcile
+from engine.saga.bench_core import settle_with_workers
+from engine.saga.engine import Role, SettlementEngine
+from engine.saga.workers import WorkerFailed, relay_and_mirror, running_workers
+from engine.store.db import scratch_schema
+from engine.store.projections import count_by_status
+from engine.store.schema import ledger_entries, txs
+from tests.saga.saga_support import assert_books_match_chain
+
+PAYMENTS = 40
+IN_FLIGHT = 15
+
+
+@pytest.fixture
+def shop(postgres_admin: Engine, anvil_process: AnvilProcess) -> Iterator[SettlementEngine]:
+    """An engine with no roles of its own: it accepts commands, as the API's process would."""
+    with scratch_schema(postgres_admin, "test") as url:
+        engine = SettlementEngine(url, AnvilBackend(anvil_process), roles=frozenset())
+        yield engine
+        engine.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.anvil
+def test_workers_settle_what_another_process_accepted(shop: SettlementEngine) -> None:
+    figures = settle_with_workers(shop, PAYMENTS, IN_FLIGHT)
+
+    assert len(figures.lags_s) == PAYMENTS
+    with shop.db.snapshot() as conn:
+        assert count_by_status(conn) == {"succeeded": PAYMENTS}
+        c = ledger_entries.c
+        posted = dict(
+            conn.execute(
+                select(c.kind, func.count()).where(c.state == "posted").group_by(c.kind)
+            ).all()
+        )
+        senders = set(conn.execute(select(txs.c.sender).distinct()).scalars())
+    assert posted == {"authorized": PAYMENTS, "captured": PAYMENTS}
+    # Only the relay worker's operator lane sent: the shop itself sends nothing.
+    assert senders == {shop.deployment.operator.address}
+    assert_books_match_chain(shop)
+    target = ChainTarget(shop.backend.w3, shop.chain_id, shop.deployment.escrow.address)
+    report = reconcile(shop.db, target, now=shop.now())
+    assert (report.matched, report.mismatched) == (PAYMENTS + 1, 0)
+
+
+@pytest.mark.postgres
+@pytest.mark.anvil
+def test_a_worker_that_dies_fails_the_run(shop: SettlementEngine) -> None:
+    with running_workers(relay_and_mirror(shop)) as workers:
+        workers.check()  # both up
+        mirror = workers.processes[1]
+        assert mirror.pid is not None
+        os.kill(mirror.pid, signal.SIGKILL)
+        mirror.join(10)
+
+        with pytest.raises(WorkerFailed, match="mirror worker exited"):
+            workers.check()
+
+
+def test_workers_need_a_node_they_can_share(tmp_path: Path) -> None:
+    with EmbeddedBackend() as backend:
+        url = f"sqlite:///{tmp_path / 'one.db'}"
+        engine = SettlementEngine(url, backend, roles=frozenset({Role.MIRROR}))
+        try:
+            with pytest.raises(TypeError, match="anvil"):
+                relay_and_mirror(engine)
+        finally:
+            engine.close()
