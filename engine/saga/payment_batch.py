@@ -16,11 +16,11 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, select
 
 from engine.domain.events import Event, PaymentRequested
 from engine.domain.payment import apply, start
-from engine.store.db import Database, insert_rows
+from engine.store.db import Database, insert_rows, update_rows
 from engine.store.event_store import EventStore, NewEvent, StreamAppend
 from engine.store.projections import (
     ProjectedPayment,
@@ -173,13 +173,11 @@ class PaymentBatch:
         if self._new_commands:
             insert_rows(conn, payment_commands, [_command_values(c) for c in self._new_commands])
         if self._finished:
-            c = payment_commands.c
-            conn.execute(
-                update(payment_commands)
-                .where(c.idempotency_key == bindparam("c_key"))
-                .values(status=bindparam("c_status"), error=bindparam("c_error")),
+            update_rows(
+                conn,
+                payment_commands,
                 [
-                    {"c_key": key, "c_status": status, "c_error": error}
+                    ({"idempotency_key": key}, {"status": status, "error": error})
                     for key, (status, error) in self._finished.items()
                 ],
             )

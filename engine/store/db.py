@@ -8,7 +8,7 @@ code path that reads and writes through SQLAlchemy Core.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +16,18 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Column, Connection, Engine, Table, create_engine, event, insert, text
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Table,
+    bindparam,
+    create_engine,
+    event,
+    insert,
+    text,
+    update,
+)
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 
@@ -158,32 +169,96 @@ def insert_rows(
             ).scalars()
         )
     columns = [*names, returning.name] if returning is not None else names
-    converters = [table.c[name].type.bind_processor(conn.dialect) for name in columns]
+    converters = [_bind_processor(conn, table.c[name]) for name in columns]
     preparer = conn.dialect.identifier_preparer
     statement = (
         f"COPY {preparer.format_table(table)} "
         f"({', '.join(preparer.quote(name) for name in columns)}) FROM STDIN"
     )
+    values: Iterable[list[Any]] = ([row[name] for name in names] for row in rows)
+    if keys:
+        values = ([*row, key] for row, key in zip(values, keys, strict=True))
+    # Converted before COPY starts, so a value its column refuses aborts nothing half-sent.
+    converted = [
+        [
+            value if convert is None or value is None else convert(value)
+            for convert, value in zip(converters, row, strict=True)
+        ]
+        for row in values
+    ]
     raw = conn.connection.driver_connection
     assert raw is not None
     dbapi_error = conn.dialect.loaded_dbapi.Error
     try:
         with raw.cursor() as cursor, cursor.copy(statement) as copy:
-            for index, row in enumerate(rows):
-                values = [row[name] for name in names]
-                if keys:
-                    values.append(keys[index])
-                copy.write_row(
-                    [
-                        value if convert is None or value is None else convert(value)
-                        for convert, value in zip(converters, values, strict=True)
-                    ]
-                )
+            for values in converted:
+                copy.write_row(values)
     except dbapi_error as error:
         raise DBAPIError.instance(
             statement, None, error, dbapi_error, dialect=conn.dialect
         ) from error
     return keys
+
+
+def update_rows(
+    conn: Connection,
+    table: Table,
+    changes: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
+) -> int:
+    """Apply each (match, values) pair: the rows whose columns equal ``match`` take
+    ``values``. Every pair names the same columns. Returns how many rows changed, which the
+    caller compares with what it expected (a version moved under it, say).
+
+    On PostgreSQL the pairs travel as one array per column and one UPDATE ... FROM unnest()
+    joins them: one statement for the server to plan instead of one per row. SQLite takes
+    an executemany UPDATE.
+    """
+    if not changes:
+        return 0
+    matched, changed = list(changes[0][0]), list(changes[0][1])
+    if conn.dialect.name != "postgresql":
+        c = table.c
+        each = (
+            update(table)
+            .where(*(c[name] == bindparam(f"m_{name}") for name in matched))
+            .values({name: bindparam(f"v_{name}", type_=c[name].type) for name in changed})
+        )
+        params = [
+            {
+                **{f"m_{name}": match[name] for name in matched},
+                **{f"v_{name}": values[name] for name in changed},
+            }
+            for match, values in changes
+        ]
+        return conn.execute(each, params).rowcount
+    columns = [("m", name, 0) for name in matched] + [("v", name, 1) for name in changed]
+    preparer = conn.dialect.identifier_preparer
+    target = preparer.format_table(table)
+    arrays: dict[str, list[Any]] = {}
+    casts: list[str] = []
+    for side, name, index in columns:
+        column = table.c[name]
+        convert = _bind_processor(conn, column)
+        arrays[f"{side}_{name}"] = [
+            value if convert is None or value is None else convert(value)
+            for value in (pair[index][name] for pair in changes)
+        ]
+        casts.append(f"CAST(:{side}_{name} AS {column.type.compile(dialect=conn.dialect)}[])")
+    statement = text(
+        f"UPDATE {target} SET "
+        + ", ".join(f"{preparer.quote(name)} = v.v_{name}" for name in changed)
+        + f" FROM unnest({', '.join(casts)}) AS v("
+        + ", ".join(f"{side}_{name}" for side, name, _ in columns)
+        + ") WHERE "
+        + " AND ".join(f"{target}.{preparer.quote(name)} = v.m_{name}" for name in matched)
+    )
+    return conn.execute(statement, arrays).rowcount
+
+
+def _bind_processor(conn: Connection, column: Column[Any]) -> Callable[[Any], Any] | None:
+    """How an INSERT would convert the column's values for this database: the type's
+    dialect form decides (a generic Numeric would turn big ints into floats)."""
+    return column.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
 
 
 @contextmanager

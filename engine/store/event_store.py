@@ -20,9 +20,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar, NamedTuple, TypeAlias, cast
 
-from sqlalchemy import Connection, Row, bindparam, exists, select, update
+from sqlalchemy import Connection, Row, exists, select
 
-from engine.store.db import Database, insert_rows
+from engine.store.db import Database, insert_rows, update_rows
 from engine.store.schema import (
     HASH_BYTES,
     KIND_LENGTH_MAX,
@@ -191,7 +191,7 @@ class EventStore:
         stored: list[list[StoredEvent]] = []
         rows: list[dict[str, object]] = []
         new_heads: list[dict[str, object]] = []
-        moved_heads: list[dict[str, object]] = []
+        moved_heads: list[tuple[dict[str, object], dict[str, object]]] = []
         for stream_id, expected_version, items in checked:
             head = heads.get(stream_id)
             prev_hash = GENESIS_HASH if head is None else head[1]
@@ -226,35 +226,23 @@ class EventStore:
                 )
             else:
                 moved_heads.append(
-                    {
-                        "h_stream_id": stream_id,
-                        "h_expected": expected_version,
-                        "h_version": last.version,
-                        "h_hash": last.hash,
-                    }
+                    (
+                        {"stream_id": stream_id, "version": expected_version},
+                        {"version": last.version, "head_hash": last.hash},
+                    )
                 )
 
         if new_heads:
             insert_rows(conn, streams, new_heads)
-        if moved_heads:
-            c = streams.c
-            moved = conn.execute(
-                update(streams)
-                .where(
-                    c.stream_id == bindparam("h_stream_id"), c.version == bindparam("h_expected")
-                )
-                .values(version=bindparam("h_version"), head_hash=bindparam("h_hash")),
-                moved_heads,
-            )
-            if moved.rowcount != len(moved_heads):
-                # Only a writer ignoring the append lock could get here; find which stream.
-                expected = {
-                    stream_id: version for stream_id, version, _ in checked if stream_id in heads
-                }
-                for stream_id, (actual, _) in _heads(conn, list(expected)).items():
-                    if actual != expected[stream_id]:
-                        raise ConcurrencyConflict(stream_id, expected[stream_id], actual)
-                raise AssertionError("stream heads moved under the append lock")
+        if update_rows(conn, streams, moved_heads) != len(moved_heads):
+            # Only a writer ignoring the append lock could get here; find which stream.
+            expected = {
+                stream_id: version for stream_id, version, _ in checked if stream_id in heads
+            }
+            for stream_id, (actual, _) in _heads(conn, list(expected)).items():
+                if actual != expected[stream_id]:
+                    raise ConcurrencyConflict(stream_id, expected[stream_id], actual)
+            raise AssertionError("stream heads moved under the append lock")
 
         positions = iter(insert_rows(conn, events, rows, returning=events.c.position))
         return [[replace(event, position=next(positions)) for event in chain] for chain in stored]

@@ -18,12 +18,12 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar, cast
 
-from sqlalchemy import Connection, Row, bindparam, func, select, update
+from sqlalchemy import Connection, Row, func, select
 
 from engine.domain.events import Event, PaymentRequested, event_from_dict
 from engine.domain.ids import PaymentTerms
 from engine.domain.payment import Payment, PaymentStatus, apply, replay, start
-from engine.store.db import insert_rows
+from engine.store.db import insert_rows, update_rows
 from engine.store.event_store import EventStore, Json, NewEvent, StoredEvent, canonical_json
 from engine.store.schema import events, payments
 
@@ -104,7 +104,7 @@ def project_many(
 ) -> list[ProjectedPayment]:
     """``project`` for many payments (each once), in one statement."""
     projected: list[ProjectedPayment] = []
-    rows: list[dict[str, object]] = []
+    rows: list[tuple[dict[str, object], dict[str, object]]] = []
     for current, new_events, version in folds:
         payment = current.payment
         for event in new_events:
@@ -112,23 +112,18 @@ def project_many(
         chain_seq = current.chain_seq + chain_steps(new_events)
         projected.append(ProjectedPayment(payment, current.chain_payment_id, version, chain_seq))
         rows.append(
-            {
-                "p_id": payment.id,
-                "p_from": current.version,
-                "version": version,
-                "chain_seq": chain_seq,
-                "updated_at": max(event.at for event in new_events),
-                **_amounts(payment),
-            }
+            (
+                {"id": payment.id, "version": current.version},
+                {
+                    "version": version,
+                    "chain_seq": chain_seq,
+                    "updated_at": max(event.at for event in new_events),
+                    **_amounts(payment),
+                },
+            )
         )
-    if rows:
-        c = payments.c
-        moved = conn.execute(
-            update(payments).where(c.id == bindparam("p_id"), c.version == bindparam("p_from")),
-            rows,
-        )
-        if moved.rowcount != len(rows):
-            raise AssertionError("a payment projection moved past the version its writer read")
+    if update_rows(conn, payments, rows) != len(rows):
+        raise AssertionError("a payment projection moved past the version its writer read")
     return projected
 
 
