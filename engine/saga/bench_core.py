@@ -14,7 +14,10 @@ API would be. ``single_process`` steps the whole engine here instead, as the emb
 
 posting_lag is the wall time from a capture command's acceptance to the shop's first look that
 sees its ledger entry posted; the shop looks after every engine step, or every
-``SHOP_POLL_S`` when workers run the engine. Terms and payer signatures are made before the
+``SHOP_POLL_S`` when workers run the engine. It looks by tailing the event log: the mirror
+appends a payment's ``authorized`` and ``captured`` events in the same transaction as it posts
+their ledger entries, and the log's positions grow in commit order, so each look reads only
+what is new. Terms and payer signatures are made before the
 clock starts: they are the payer's work.
 
 PostgreSQL runs in a fresh schema of the given server, dropped afterwards.
@@ -32,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, func, select
 
 from engine.chain.anvil import AnvilConfig
 from engine.chain.backends import AnvilBackend, ChainBackend, EmbeddedBackend
@@ -48,7 +51,7 @@ from engine.saga.commands import (
 from engine.saga.engine import SettlementEngine
 from engine.saga.workers import relay_and_mirror, running_workers
 from engine.store.db import normalise_url, scratch_schema
-from engine.store.schema import ledger_entries
+from engine.store.schema import events
 
 PAYMENTS_DEFAULT: Final = 1000
 # Payments open at once: enough to fill every stage of the pipeline, few enough that a capture
@@ -62,8 +65,6 @@ FEE_BPS: Final = 50
 STEPS_MAX: Final = 100_000
 # Commands one call carries, as a merchant's batch request or the API's grouped commits would.
 COMMANDS_PER_BATCH: Final = 500
-# Payments whose postings one query asks about: well inside every backend's parameter limit.
-QUERY_CHUNK: Final = 500
 
 
 class NotSettled(RuntimeError):
@@ -112,6 +113,7 @@ def settle_payments(
     ]
     window = in_flight or payments
     step = advance or engine.step
+    booked = _Bookings(engine)
     started = time.perf_counter()
     to_authorize: set[str] = set()
     to_capture: dict[str, float] = {}
@@ -123,10 +125,10 @@ def settle_payments(
             break
         to_authorize.update(_submitted(service, arriving))
         step()
-        authorized = _posted(engine, "authorized", to_authorize)
-        captured = _posted(engine, "captured", set(to_capture))
+        authorized, captured = booked.since_last_look()
         seen = time.perf_counter()
-        lags.extend(seen - to_capture.pop(payment_id) for payment_id in captured)
+        lags.extend(seen - to_capture.pop(pid) for pid in captured if pid in to_capture)
+        authorized &= to_authorize
         to_authorize -= authorized
         captures = [
             Capture(f"bench-capture-{payment_id}", payment_id, AMOUNT, FEE_BPS)
@@ -158,23 +160,28 @@ def _accepted(results: list[CommandOutcome | Refusal]) -> list[str]:
     return [result.payment_id for result in results if isinstance(result, CommandOutcome)]
 
 
-def _posted(engine: SettlementEngine, kind: str, payment_ids: set[str]) -> set[str]:
-    """Which of ``payment_ids`` have their ``kind`` entry posted."""
-    if not payment_ids:
-        return set()
-    ids = sorted(payment_ids)
-    c = ledger_entries.c
-    found: set[str] = set()
-    with engine.db.snapshot() as conn:
-        for start in range(0, len(ids), QUERY_CHUNK):
-            chunk = ids[start : start + QUERY_CHUNK]
+class _Bookings:
+    """Payments whose authorization or capture was booked since the last look, read from the
+    tail of the event log."""
+
+    def __init__(self, engine: SettlementEngine) -> None:
+        self._db = engine.db
+        with self._db.snapshot() as conn:
+            self._after = conn.execute(select(func.max(events.c.position))).scalar() or 0
+
+    def since_last_look(self) -> tuple[set[str], set[str]]:
+        c = events.c
+        found: dict[str, set[str]] = {"authorized": set(), "captured": set()}
+        with self._db.snapshot() as conn:
             rows = conn.execute(
-                select(c.payment_id).where(
-                    c.kind == kind, c.state == "posted", c.payment_id.in_(chunk)
+                select(c.position, c.stream_id, c.kind).where(
+                    c.position > self._after, c.kind.in_(list(found))
                 )
-            )
-            found.update(str(row.payment_id) for row in rows)
-    return found
+            ).all()
+        for row in rows:
+            found[row.kind].add(row.stream_id)
+            self._after = max(self._after, row.position)
+        return found["authorized"], found["captured"]
 
 
 def bench_backend(
