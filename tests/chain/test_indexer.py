@@ -8,21 +8,19 @@ quiet, the chain's own view of the escrow's logs) are shared with it.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
-from web3 import HTTPProvider, Web3
-from web3.middleware import Web3Middleware
-from web3.types import RPCEndpoint
+from web3 import Web3
 
-from engine.chain.backends import AnvilBackend
+from engine.chain import indexer as indexer_module
 from engine.chain.escrow import Method
 from engine.chain.escrow_events import Authorized, Voided, decode_event, event_topics
 from engine.chain.indexer import (
-    HEADERS_PER_REQUEST_MAX,
     REORG_DEPTH_MAX_DEFAULT,
     EscrowLog,
     Indexer,
@@ -34,6 +32,8 @@ from engine.chain.indexer import (
     PollResult,
 )
 from engine.chain.localnet import LocalDeployment
+from engine.chain.tx_errors import RpcRequestFailed
+from engine.chain.tx_rpc import RPC_BATCH_SIZE_MAX, Rpc, RpcCall, rpc_for
 from engine.store.db import Database
 from engine.store.schema import indexer_blocks
 
@@ -178,7 +178,7 @@ def test_each_poll_reads_at_most_blocks_per_poll_max_blocks(
 def test_a_poll_over_more_blocks_than_one_batch_request_holds_reads_every_one(
     world: LocalDeployment, database: Database
 ) -> None:
-    world.backend.mine(HEADERS_PER_REQUEST_MAX)
+    world.backend.mine(RPC_BATCH_SIZE_MAX)
     world.authorize(world.terms())
     span = world.backend.w3.eth.block_number + 1
     indexer = Indexer(database, world.backend.w3, world.escrow.address, 0, span)
@@ -293,32 +293,84 @@ def test_an_acknowledgement_in_the_consumers_transaction_rolls_back_with_it(
     assert indexer.poll().notices == result.notices
 
 
-@pytest.mark.parametrize(
-    "chain_session", [pytest.param("anvil", marks=pytest.mark.anvil)], indirect=True
-)
-def test_an_indexer_whose_checkpoint_another_indexer_advanced_mid_poll_stops(
-    world: LocalDeployment, database: Database
+class Interposed:
+    """The indexer's own RPC client, with a hook that sees each batch before the node does."""
+
+    def __init__(self, node: Rpc, before_batch: Callable[[Sequence[RpcCall]], None]) -> None:
+        self._node = node
+        self._before_batch = before_batch
+        self.url = node.url
+
+    def call(self, method: str, params: list[Any]) -> Any:
+        return self._node.call(method, params)
+
+    def batch(self, calls: Sequence[RpcCall]) -> list[Any | RpcRequestFailed]:
+        self._before_batch(calls)
+        return self._node.batch(calls)
+
+
+def interpose(
+    monkeypatch: pytest.MonkeyPatch, before_batch: Callable[[Sequence[RpcCall]], None]
 ) -> None:
-    """The rival polls while the first indexer reads the chain (a middleware on the first
-    one's own connection lets it in just then): the first must not write its stale view."""
-    assert isinstance(world.backend, AnvilBackend)
+    """Indexers made from now on read the chain through `Interposed`."""
+    monkeypatch.setattr(indexer_module, "rpc_for", lambda w3: Interposed(rpc_for(w3), before_batch))
+
+
+def reads_logs(calls: Sequence[RpcCall]) -> bool:
+    return any(method == "eth_getLogs" for method, _ in calls)
+
+
+def test_an_indexer_whose_checkpoint_another_indexer_advanced_mid_poll_stops(
+    world: LocalDeployment, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rival polls while the first indexer reads the chain (a hook on the first one's
+    own RPC client lets it in just then): the first must not write its stale view."""
     rival = Indexer(database, world.backend.w3, world.escrow.address, 0, 50)
     rival_polls: list[PollResult] = []
 
-    class RivalPollsFirst(Web3Middleware):
-        def request_processor(self, method: RPCEndpoint, params: Any) -> Any:
-            if method == "eth_getLogs" and not rival_polls:
-                rival_polls.append(rival.poll())
-            return method, params
+    def rival_polls_first(calls: Sequence[RpcCall]) -> None:
+        if not rival_polls and reads_logs(calls):
+            rival_polls.append(rival.poll())
 
-    w3 = Web3(HTTPProvider(world.backend.process.url))
-    w3.middleware_onion.add(RivalPollsFirst)
-    indexer = Indexer(database, w3, world.escrow.address, 0, 50)
+    interpose(monkeypatch, rival_polls_first)
+    indexer = Indexer(database, world.backend.w3, world.escrow.address, 0, 50)
 
     with pytest.raises(IndexerConflict):
         indexer.poll()
     assert rival_polls[0].notices
     assert indexer.poll().notices == rival_polls[0].notices
+
+
+def test_a_block_gone_by_the_time_its_header_is_read_only_holds_the_poll_back(
+    world: LocalDeployment, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chain gets shorter between the read of the head and the batch of headers and logs:
+    the node answers null for the missing block, and the poll stores nothing and advances
+    nothing; the next one reads the chain as it now is."""
+    backend = world.backend
+    consumer = Consumer()
+    poll_until_quiet(indexer_for(world, database, confirmations=0), consumer)
+    fork = backend.snapshot()
+    world.authorize(world.terms())
+    shortened: list[bool] = []
+
+    def shorten(calls: Sequence[RpcCall]) -> None:
+        if not shortened and reads_logs(calls):
+            backend.revert(fork)
+            shortened.append(True)
+
+    interpose(monkeypatch, shorten)
+    indexer = indexer_for(world, database, confirmations=0)
+
+    held_back = indexer.poll()
+    backend.mine()
+    caught_up = poll_until_quiet(indexer, consumer)
+
+    assert shortened
+    assert (held_back.notices, held_back.scanned_through) == ((), held_back.head - 1)
+    assert caught_up.scanned_through == held_back.head
+    assert consumer.live == chain_logs(backend.w3, world.escrow.address)
+    assert not consumer.keys(LogStage.REMOVED)
 
 
 def test_dedupe_accepts_a_notice_once_per_consumer_and_stage(database: Database) -> None:
