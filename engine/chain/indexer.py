@@ -191,7 +191,10 @@ class _Checkpoint:
     start_block: int
     scanned_through: int
     version: int
-    hashes: dict[int, bytes]  # number -> hash of the stored window of scanned blocks
+    # number -> hash of the scanned blocks a poll compares with the chain (the last
+    # RECHECK_BLOCKS up to the head, and above); the rest of the stored window is read only
+    # when looking for a fork point.
+    hashes: dict[int, bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,8 +278,8 @@ class Indexer:
     # ───────────────────────────── reading the chain ─────────────────────────────
 
     def _step(self) -> _Step:
-        checkpoint = self._load()
         head = quantity(self._rpc.call("eth_blockNumber", []))
+        checkpoint = self._load(head)
         scanned = checkpoint.scanned_through
         tip = min(scanned, head)
         recheck = sorted(n for n in checkpoint.hashes if tip - RECHECK_BLOCKS < n <= tip)
@@ -324,18 +327,19 @@ class Indexer:
     def _fork_point(self, checkpoint: _Checkpoint, headers: dict[int, _Header], tip: int) -> int:
         """The highest stored block the chain still has, fetching older headers as needed."""
         canonical = {number: header.hash for number, header in headers.items()}
-        stored = sorted((n for n in checkpoint.hashes if n <= tip), reverse=True)
+        kept = self._hashes()
+        stored = sorted((n for n in kept if n <= tip), reverse=True)
         for position, number in enumerate(stored):
             if number not in canonical:
                 older = stored[position : position + RPC_BATCH_SIZE_MAX]  # one request's worth
                 fetched, _ = self._read(older, range(0))
                 canonical.update((n, h.hash) for n, h in fetched.items())
-            if canonical[number] == checkpoint.hashes[number]:
+            if canonical[number] == kept[number]:
                 return number
-        if checkpoint.hashes and min(checkpoint.hashes) <= checkpoint.start_block:
+        if kept and min(kept) <= checkpoint.start_block:
             return checkpoint.start_block - 1  # every block since the start was replaced
         raise ReorgTooDeep(
-            f"chain {self.chain_id} replaced all {len(checkpoint.hashes)} kept block hashes "
+            f"chain {self.chain_id} replaced all {len(kept)} kept block hashes "
             f"below block {checkpoint.scanned_through}: the reorg is deeper than "
             f"reorg_depth_max={self._reorg_depth_max}"
         )
@@ -527,23 +531,32 @@ class Indexer:
             with self._db.snapshot() as conn:
                 return int(conn.execute(select(indexer_checkpoints.c.id).where(*key)).scalar_one())
 
-    def _load(self) -> _Checkpoint:
+    def _load(self, head: int) -> _Checkpoint:
+        """The checkpoint, with the hashes a poll at chain head ``head`` rechecks."""
         with self._db.snapshot() as conn:
             row = conn.execute(
                 select(indexer_checkpoints).where(indexer_checkpoints.c.id == self._checkpoint_id)
             ).one()
-            hashes = conn.execute(
-                select(indexer_blocks.c.number, indexer_blocks.c.hash).where(
-                    indexer_blocks.c.checkpoint_id == self._checkpoint_id
-                )
-            ).all()
+            tip = min(row.scanned_through, head)
+            recent = self._hashes(conn, above=tip - RECHECK_BLOCKS)
         return _Checkpoint(
             id=self._checkpoint_id,
             start_block=row.start_block,
             scanned_through=row.scanned_through,
             version=row.version,
-            hashes={number: bytes(block_hash) for number, block_hash in hashes},
+            hashes=recent,
         )
+
+    def _hashes(self, conn: Connection | None = None, above: int = -1) -> dict[int, bytes]:
+        """The stored hashes of scanned blocks numbered above ``above`` (all by default)."""
+        if conn is None:
+            with self._db.snapshot() as own:
+                return self._hashes(own, above)
+        b = indexer_blocks.c
+        rows = conn.execute(
+            select(b.number, b.hash).where(b.checkpoint_id == self._checkpoint_id, b.number > above)
+        )
+        return {number: bytes(block_hash) for number, block_hash in rows}
 
     def _undelivered(self) -> tuple[LogNotice, ...]:
         """Unacknowledged notices, up to the limit, but never part of one transaction's: a
