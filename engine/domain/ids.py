@@ -161,7 +161,7 @@ class PaymentTerms:
 
     def struct_hash(self) -> bytes:
         """``keccak256(abi.encode(TYPEHASH, terms))``; every field is static, so one word each."""
-        values = (getattr(self, f.name) for f in fields(self))
+        values = (getattr(self, name) for name in _TERMS_FIELDS)
         return keccak(
             TERMS_TYPEHASH
             + b"".join(
@@ -175,11 +175,14 @@ class PaymentTerms:
         return keccak(b"\x19\x01" + domain_separator(chain_id, escrow) + self.struct_hash())
 
     def to_dict(self) -> dict[str, str | int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: getattr(self, name) for name in _TERMS_FIELDS}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> "PaymentTerms":
-        names = {f.name for f in fields(cls)}
-        if set(data) != names:
-            raise InvalidTerms(f"terms need exactly the fields {sorted(names)}")
+        if data.keys() != set(_TERMS_FIELDS):
+            raise InvalidTerms(f"terms need exactly the fields {sorted(_TERMS_FIELDS)}")
         return cls(**data)  # type: ignore[arg-type]  # each field is checked in __post_init__
+
+
+# The terms' field names in declaration order (the struct's), looked up once.
+_TERMS_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(PaymentTerms))

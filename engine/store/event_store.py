@@ -333,37 +333,52 @@ def _checked(event: NewEvent) -> tuple[str, Payload, str, int]:
     return event.kind, payload, payload_text, occurred_at
 
 
-def plain_json(value: object, path: str, depth: int) -> Json:
+def plain_json(value: object, path: str, depth: int = 0) -> Json:
     """A fresh copy of `value` made of dict, list, str, int and bool, or InvalidEvent.
 
     The copy is what gets stored and returned, so later changes to the caller's objects
-    cannot make a StoredEvent disagree with its row.
+    cannot make a StoredEvent disagree with its row. An error names where it found the bad
+    value, a path ``path`` starts.
     """
+    return _plain(value, (path,), depth)
+
+
+def _plain(value: object, trail: tuple[object, ...], depth: int) -> Json:
+    # The path is kept as parts and spelled out only for an error: every event and outbox
+    # payload passes through here, and most are fine.
     if depth > PAYLOAD_DEPTH_MAX:
-        raise InvalidEvent(f"{path}: nested deeper than {PAYLOAD_DEPTH_MAX} levels")
+        raise InvalidEvent(f"{_path(trail)}: nested deeper than {PAYLOAD_DEPTH_MAX} levels")
     if isinstance(value, bool):
         return value
     if isinstance(value, int):
         if not -PAYLOAD_INT_MAGNITUDE_LIMIT < value < PAYLOAD_INT_MAGNITUDE_LIMIT:
-            raise InvalidEvent(f"{path}: integer exceeds a uint256 in magnitude")
+            raise InvalidEvent(f"{_path(trail)}: integer exceeds a uint256 in magnitude")
         return int(value)
     if isinstance(value, str):
         if not _is_utf8(value):
-            raise InvalidEvent(f"{path}: string is not valid Unicode text")
+            raise InvalidEvent(f"{_path(trail)}: string is not valid Unicode text")
         return str(value)
     if isinstance(value, float):
-        raise InvalidEvent(f"{path}: floats are not allowed; use integer minor units")
+        raise InvalidEvent(f"{_path(trail)}: floats are not allowed; use integer minor units")
     if isinstance(value, list):
-        return [plain_json(item, f"{path}[{index}]", depth + 1) for index, item in enumerate(value)]
+        return [_plain(item, (*trail, index), depth + 1) for index, item in enumerate(value)]
     if isinstance(value, Mapping):
         plain: dict[str, Json] = {}
         for key, item in value.items():
             if not isinstance(key, str) or not _is_utf8(key):
-                raise InvalidEvent(f"{path}: object keys must be strings")
-            plain[key] = plain_json(item, f"{path}[{key!r}]", depth + 1)
+                raise InvalidEvent(f"{_path(trail)}: object keys must be strings")
+            plain[key] = _plain(item, (*trail, key), depth + 1)
         return plain
     raise InvalidEvent(
-        f"{path}: {type(value).__name__} is not allowed; use dict, list, str, int or bool"
+        f"{_path(trail)}: {type(value).__name__} is not allowed; use dict, list, str, int or bool"
+    )
+
+
+def _path(trail: tuple[object, ...]) -> str:
+    """``payload['legs'][0]``: the root's name, then each key or index in brackets."""
+    root, *steps = trail
+    return str(root) + "".join(
+        f"[{step}]" if isinstance(step, int) else f"[{step!r}]" for step in steps
     )
 
 
