@@ -34,6 +34,7 @@ from engine.chain.backend_errors import (
 )
 from engine.chain.embedded_state import DurableAtomicDB, WriteThroughKV
 from engine.chain.networks import Network
+from engine.chain.tx_rpc import Rpc, quantity, rpc_for
 
 BackendName = Literal["embedded", "anvil", "rpc"]
 
@@ -48,6 +49,8 @@ class ChainBackend(ABC):
 
     def __init__(self, w3: Web3, accounts: Sequence[LocalAccount]) -> None:
         self.w3 = w3
+        # Raw JSON-RPC for what the engine reads every step (the chain's clock), beside web3.
+        self.rpc: Rpc = rpc_for(w3)
         self._accounts = tuple(accounts)
         # Read once: a backend never changes chains, and callers sign with this id.
         self.chain_id: int = w3.eth.chain_id
@@ -58,7 +61,8 @@ class ChainBackend(ABC):
 
     def now(self) -> int:
         """Timestamp of the latest block: the chain's clock, not the wall clock."""
-        return int(self.w3.eth.get_block("latest")["timestamp"])
+        block = self.rpc.call("eth_getBlockByNumber", ["latest", False])
+        return quantity(block["timestamp"])
 
     def set_next_block_timestamp(self, timestamp: int) -> None:
         raise UnsupportedOnBackend("set_next_block_timestamp", self.name)

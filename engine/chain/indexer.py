@@ -46,7 +46,7 @@ from engine.chain.escrow_events import (
     event_topics,
 )
 from engine.chain.tx_rpc import RPC_BATCH_SIZE_MAX, RpcCall, data, hex_data, ok, quantity, rpc_for
-from engine.store.db import Database, insert_rows
+from engine.store.db import Database, insert_rows, one_of
 from engine.store.schema import (
     CONSUMER_NAME_LENGTH_MAX,
     indexer_blocks,
@@ -435,7 +435,7 @@ class Indexer:
             if revived:
                 conn.execute(
                     update(indexer_logs)
-                    .where(indexer_logs.c.id.in_(revived))
+                    .where(one_of(conn, indexer_logs.c.id, revived))
                     .values(stage=stage.value)
                 )
         self._notify(conn, checkpoint_id, [(ids[log.key], stages[log.key]) for log in logs])
@@ -481,7 +481,9 @@ class Indexer:
         if not log_ids:
             return
         conn.execute(
-            update(indexer_logs).where(indexer_logs.c.id.in_(log_ids)).values(stage=stage.value)
+            update(indexer_logs)
+            .where(one_of(conn, indexer_logs.c.id, log_ids))
+            .values(stage=stage.value)
         )
         self._notify(conn, checkpoint_id, [(log_id, stage) for log_id in log_ids])
 

@@ -13,8 +13,14 @@ node and the ints and hex strings the embedded EVM's provider returns.
 
 from __future__ import annotations
 
+import base64
+import itertools
+import json
+import select
 from collections.abc import Sequence
+from http.client import HTTPConnection, HTTPException, HTTPSConnection
 from typing import Any, Final, Protocol
+from urllib.parse import unquote, urlsplit
 
 import requests
 from hexbytes import HexBytes
@@ -22,7 +28,7 @@ from web3 import HTTPProvider, Web3
 from web3.types import RPCEndpoint
 
 from engine.chain.reverts import revert_data
-from engine.chain.tx_errors import RpcRequestFailed, RpcUnavailable
+from engine.chain.tx_errors import RpcRequestFailed, RpcUnavailable, shown_url
 
 RPC_BATCH_SIZE_MAX: Final = 256  # calls per HTTP request; nodes cap batches (geth: 1000)
 RPC_TIMEOUT_S_DEFAULT: Final = 10.0
@@ -41,41 +47,122 @@ class Rpc(Protocol):
 
 
 class HttpRpc:
-    """A node over HTTP, with batches of up to RPC_BATCH_SIZE_MAX calls per request."""
+    """A node over HTTP: one kept-alive connection, batches of up to RPC_BATCH_SIZE_MAX calls
+    per request.
+
+    Plain ``http.client`` rather than web3's provider on requests: the engine's workers make a
+    few calls every step, and requests, urllib3 and web3's caching layer spent about 0.6 ms of
+    CPU on each (a batch of seven header reads on anvil: 775 µs against 162 µs, timeit). The
+    connection is opened as a step of its own, so a failure there proves nothing was sent.
+    """
 
     def __init__(self, url: str, timeout_s: float = RPC_TIMEOUT_S_DEFAULT) -> None:
         assert timeout_s > 0, timeout_s
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an HTTP RPC URL: {shown_url(url)}")
         self.url = url
-        self._provider = HTTPProvider(
-            url, request_kwargs={"timeout": timeout_s}, exception_retry_configuration=None
-        )
+        self._timeout_s = timeout_s
+        self._host, self._port = parts.hostname, parts.port
+        self._secure = parts.scheme == "https"
+        self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if parts.username is not None:  # userinfo in the URL: a provider's basic auth
+            credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            token = base64.b64encode(credentials.encode()).decode()
+            self._headers["Authorization"] = f"Basic {token}"
+        self._connection: HTTPConnection | None = None
+        self._ids = itertools.count(1)
 
     def call(self, method: str, params: list[Any]) -> Any:
-        try:
-            response = self._provider.make_request(RPCEndpoint(method), params)
-        except (requests.RequestException, OSError) as error:
-            raise _unavailable(self.url, method, error) from error
-        return _result_or_raise(method, response)
+        request = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}
+        return _result_or_raise(method, self._post(method, request))
 
     def batch(self, calls: Sequence[RpcCall]) -> list[Any | RpcRequestFailed]:
         results: list[Any | RpcRequestFailed] = []
         for start in range(0, len(calls), RPC_BATCH_SIZE_MAX):
             chunk = calls[start : start + RPC_BATCH_SIZE_MAX]
-            methods = sorted({method for method, _ in chunk})
-            try:
-                responses = self._provider.make_batch_request(
-                    [(RPCEndpoint(method), params) for method, params in chunk]
-                )
-            except (requests.RequestException, OSError) as error:
-                raise _unavailable(self.url, ",".join(methods), error) from error
-            if not isinstance(responses, list) or len(responses) != len(chunk):
-                # One error object for the whole batch: the node refused batching itself.
-                raise RpcRequestFailed(",".join(methods), -1, f"bad batch answer: {responses!r}")
+            methods = ",".join(sorted({method for method, _ in chunk}))
+            ids = [next(self._ids) for _ in chunk]
+            responses = self._post(
+                methods,
+                [
+                    {"jsonrpc": "2.0", "id": id_, "method": method, "params": params}
+                    for id_, (method, params) in zip(ids, chunk, strict=True)
+                ],
+            )
+            # The answers may come in any order (JSON-RPC 2.0); one error object for the whole
+            # batch means the node refused batching itself.
+            by_id = (
+                {response.get("id"): response for response in responses}
+                if isinstance(responses, list) and all(isinstance(r, dict) for r in responses)
+                else {}
+            )
+            if sorted(by_id, key=str) != sorted(ids, key=str):
+                raise RpcRequestFailed(methods, -1, f"bad batch answer: {responses!r}")
             results.extend(
-                _result_or_error(method, response)
-                for (method, _), response in zip(chunk, responses, strict=True)
+                _result_or_error(method, by_id[id_])
+                for (method, _), id_ in zip(chunk, ids, strict=True)
             )
         return results
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def _post(self, method: str, payload: object) -> Any:
+        body = json.dumps(payload).encode()
+        connection = self._connected(method)
+        try:
+            connection.request("POST", self._target, body, self._headers)
+            response = connection.getresponse()
+            answer = response.read()
+        except (OSError, HTTPException) as error:
+            self.close()
+            raise RpcUnavailable(
+                self.url, method, type(error).__name__, maybe_delivered=True
+            ) from error
+        if response.will_close:
+            self.close()
+        if response.status != 200:
+            # A gateway's refusal (rate limit, overload): whether the node ran the call is
+            # not known, so a send behind it must be looked up.
+            raise RpcUnavailable(self.url, method, f"HTTP {response.status}", maybe_delivered=True)
+        try:
+            return json.loads(answer)
+        except ValueError as error:
+            raise RpcUnavailable(
+                self.url, method, "not a JSON answer", maybe_delivered=True
+            ) from error
+
+    def _connected(self, method: str) -> HTTPConnection:
+        """The kept-alive connection, or a new one if the node closed it while idle (reusing
+        it would fail after sending, leaving a send's outcome unknown for nothing)."""
+        if self._connection is not None and _closed_by_peer(self._connection):
+            self.close()
+        if self._connection is None:
+            kind = HTTPSConnection if self._secure else HTTPConnection
+            connection = kind(self._host, self._port, timeout=self._timeout_s)
+            try:
+                connection.connect()
+            except OSError as error:
+                connection.close()
+                raise RpcUnavailable(
+                    self.url, method, type(error).__name__, maybe_delivered=False
+                ) from error
+            self._connection = connection
+        return self._connection
+
+
+def _closed_by_peer(connection: HTTPConnection) -> bool:
+    """Whether an idle kept-alive socket is readable: the peer closed it (or sent what nobody
+    asked for), so it cannot carry another request."""
+    sock = connection.sock
+    if sock is None:
+        return True
+    readable, _, _ = select.select([sock], [], [], 0)
+    return bool(readable)
 
 
 class Web3Rpc:

@@ -15,6 +15,7 @@ from typing import Any, Final
 from sqlalchemy import Connection, Row, bindparam, func, insert, select, update
 
 from engine.chain.tx_fees import Fees
+from engine.store.db import one_of
 from engine.store.schema import TX_STATUSES, tx_attempts, tx_history, tx_lanes, txs
 
 # SQLite allows 32766 bound parameters per statement; stay well below for IN (...) lists.
@@ -233,14 +234,16 @@ class TxStore:
     def by_keys(self, conn: Connection, keys: Sequence[str]) -> dict[str, TxRecord]:
         found: dict[str, TxRecord] = {}
         for chunk in _chunks(keys):
-            rows = conn.execute(select(txs).where(txs.c.idempotency_key.in_(chunk)))
+            rows = conn.execute(select(txs).where(one_of(conn, txs.c.idempotency_key, chunk)))
             found.update((record.idempotency_key, record) for record in map(_record, rows))
         return found
 
     def by_ids(self, conn: Connection, ids: Sequence[int]) -> list[TxRecord]:
         records: list[TxRecord] = []
         for chunk in _chunks(ids):
-            records.extend(map(_record, conn.execute(select(txs).where(txs.c.id.in_(chunk)))))
+            records.extend(
+                map(_record, conn.execute(select(txs).where(one_of(conn, txs.c.id, chunk))))
+            )
         return sorted(records, key=lambda record: record.id)
 
     def insert(self, conn: Connection, new: Sequence[NewTx], now: int) -> list[TxRecord]:
@@ -328,7 +331,9 @@ class TxStore:
         found: dict[int, list[Attempt]] = {tx_id: [] for tx_id in tx_ids}
         for chunk in _chunks(tx_ids):
             rows = conn.execute(
-                select(tx_attempts).where(tx_attempts.c.tx_id.in_(chunk)).order_by(tx_attempts.c.id)
+                select(tx_attempts)
+                .where(one_of(conn, tx_attempts.c.tx_id, chunk))
+                .order_by(tx_attempts.c.id)
             )
             for attempt in map(_attempt, rows):
                 found[attempt.tx_id].append(attempt)

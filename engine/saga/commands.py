@@ -47,7 +47,7 @@ from engine.domain.payment import (
     decide_void,
 )
 from engine.saga.payment_batch import CommandRow, PaymentBatch
-from engine.store.db import Database
+from engine.store.db import Database, one_of
 from engine.store.event_store import Json, canonical_json
 from engine.store.outbox import NewOperation, Outbox
 from engine.store.projections import ProjectedPayment
@@ -425,7 +425,7 @@ def _earlier(conn: Connection, keys: list[str]) -> dict[str, _Earlier]:
     for first in range(0, len(unique), _KEYS_PER_QUERY_MAX):
         rows = conn.execute(
             select(c.idempotency_key, c.kind, c.request, c.outcome).where(
-                c.idempotency_key.in_(unique[first : first + _KEYS_PER_QUERY_MAX])
+                one_of(conn, c.idempotency_key, unique[first : first + _KEYS_PER_QUERY_MAX])
             )
         )
         for row in rows:

@@ -20,7 +20,7 @@ from sqlalchemy import Connection, select
 
 from engine.domain.events import Event, PaymentRequested
 from engine.domain.payment import apply, start
-from engine.store.db import Database, insert_rows, update_rows
+from engine.store.db import Database, insert_rows, one_of, update_rows
 from engine.store.event_store import EventStore, NewEvent, StreamAppend
 from engine.store.projections import (
     ProjectedPayment,
@@ -195,7 +195,7 @@ def _in_flight(conn: Connection, payment_ids: list[str]) -> dict[str, InFlight]:
         chunk = payment_ids[first : first + _IDS_PER_QUERY_MAX]
         rows = conn.execute(
             select(c.payment_id, c.idempotency_key, c.kind).where(
-                c.payment_id.in_(chunk), c.status == "accepted"
+                one_of(conn, c.payment_id, chunk), c.status == "accepted"
             )
         )
         found.update((row.payment_id, InFlight(row.idempotency_key, row.kind)) for row in rows)

@@ -22,7 +22,7 @@ from typing import ClassVar, NamedTuple, TypeAlias, cast
 
 from sqlalchemy import Connection, Row, exists, select
 
-from engine.store.db import Database, insert_rows, update_rows
+from engine.store.db import Database, insert_rows, one_of, update_rows
 from engine.store.schema import (
     HASH_BYTES,
     KIND_LENGTH_MAX,
@@ -309,7 +309,7 @@ def _heads(conn: Connection, stream_ids: Sequence[str]) -> dict[str, tuple[int, 
         chunk = stream_ids[start : start + _STREAMS_PER_QUERY_MAX]
         for row in conn.execute(
             select(streams.c.stream_id, streams.c.version, streams.c.head_hash).where(
-                streams.c.stream_id.in_(chunk)
+                one_of(conn, streams.c.stream_id, chunk)
             )
         ):
             found[row.stream_id] = (row.version, bytes(row.head_hash))

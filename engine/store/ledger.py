@@ -44,7 +44,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from engine.store.db import insert_rows
+from engine.store.db import insert_rows, one_of
 from engine.store.ledger_accounts import (
     ESCROW_KINDS,
     AccountKey,
@@ -378,7 +378,9 @@ class Ledger:
         keys = {entry.key for entry, _ in entries}
         found = {
             entry.key: entry
-            for entry in self._entries(conn, self._t.entries.c.idempotency_key.in_(sorted(keys)))
+            for entry in self._entries(
+                conn, one_of(conn, self._t.entries.c.idempotency_key, sorted(keys))
+            )
         }
         for entry, reverses_id in entries:
             stored = found.get(entry.key)
@@ -452,7 +454,7 @@ class Ledger:
             raise InvalidLedgerInput(f"change 1 to {ENTRIES_PER_CALL_MAX} entries at a time")
         action = "post" if target is EntryState.POSTED else "void"
         e = self._t.entries
-        named = e.c.idempotency_key.in_(sorted(set(keys)))
+        named = one_of(conn, e.c.idempotency_key, sorted(set(keys)))
         with conn.begin_nested():
             found = {entry.key: entry for entry in self._entries(conn, named, lock=True)}
             changing: dict[str, Entry] = {}
@@ -480,7 +482,7 @@ class Ledger:
             stamp = {"posted_at": at} if target is EntryState.POSTED else {"voided_at": at}
             conn.execute(
                 update(e)
-                .where(e.c.id.in_([entry.id for entry in changing.values()]))
+                .where(one_of(conn, e.c.id, [entry.id for entry in changing.values()]))
                 .values(state=target.value, **stamp)
             )
             after = {entry.key: entry for entry in self._entries(conn, named)}
@@ -569,7 +571,7 @@ class Ledger:
                     )
                 ).scalars()
             ]
-            named = a.c.id.in_(sorted(ids))
+            named = one_of(conn, a.c.id, sorted(ids))
         rows = conn.execute(select(a).where(named).order_by(a.c.id).with_for_update())
         return {account.key: account for account in map(_account, rows)}
 
@@ -590,7 +592,7 @@ class Ledger:
         for posting in conn.execute(
             select(p.c.entry_id, p.c.amount, a.c.chain_id, a.c.token, a.c.kind, a.c.owner)
             .join(a, a.c.id == p.c.account_id)
-            .where(p.c.entry_id.in_(list(postings)))
+            .where(one_of(conn, p.c.entry_id, postings))
             .order_by(p.c.id)
         ):
             account = _account_key(posting.chain_id, posting.token, posting.kind, posting.owner)

@@ -36,7 +36,7 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import Connection, and_, exists, func, insert, or_, select, update
 
-from engine.store.db import Database, UnsupportedDatabase, insert_rows, open_database
+from engine.store.db import Database, UnsupportedDatabase, insert_rows, one_of, open_database
 from engine.store.event_store import (
     PAYLOAD_BYTES_MAX,
     InvalidEvent,
@@ -299,7 +299,7 @@ class Outbox:
         op_ids = list(texts)
         for first in range(0, len(op_ids), _OPS_PER_QUERY_MAX):
             chunk = op_ids[first : first + _OPS_PER_QUERY_MAX]
-            for existing in conn.execute(select(outbox).where(outbox.c.op_id.in_(chunk))):
+            for existing in conn.execute(select(outbox).where(one_of(conn, outbox.c.op_id, chunk))):
                 # Canonical texts, not parsed payloads: in Python True == 1, in JSON they differ.
                 if (existing.payment_key, existing.kind, existing.payload) != texts[existing.op_id]:
                     raise OperationConflict(existing.op_id)
@@ -392,7 +392,7 @@ class Outbox:
             error = f"lease expired on the last of {self.policy.attempts_max} attempts"
             conn.execute(
                 update(outbox)
-                .where(outbox.c.id.in_(sorted(exhausted)))
+                .where(one_of(conn, outbox.c.id, sorted(exhausted)))
                 .values(status=OutboxStatus.DEAD.value, lease_until=None, last_error=error)
             )
             history += [
@@ -409,7 +409,7 @@ class Outbox:
             return Claim(worker_id, lease_until, ())
         claimed = conn.execute(
             update(outbox)
-            .where(outbox.c.id.in_(claimed_ids))
+            .where(one_of(conn, outbox.c.id, claimed_ids))
             .values(
                 status=OutboxStatus.IN_FLIGHT.value,
                 claimed_by=worker_id,
@@ -448,7 +448,7 @@ class Outbox:
             rows = conn.execute(
                 update(outbox)
                 .where(
-                    outbox.c.op_id.in_(op_ids[first : first + _OPS_PER_QUERY_MAX]),
+                    one_of(conn, outbox.c.op_id, op_ids[first : first + _OPS_PER_QUERY_MAX]),
                     outbox.c.status == OutboxStatus.IN_FLIGHT.value,
                     outbox.c.claimed_by == worker_id,
                 )

@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Row, func, select
 from engine.domain.events import Event, PaymentRequested, event_from_dict
 from engine.domain.ids import PaymentTerms
 from engine.domain.payment import Payment, PaymentStatus, apply, replay, start
-from engine.store.db import insert_rows, update_rows
+from engine.store.db import insert_rows, one_of, update_rows
 from engine.store.event_store import EventStore, Json, NewEvent, StoredEvent, canonical_json
 from engine.store.schema import events, payments
 
@@ -147,7 +147,7 @@ def caught_up_many(
         rows = conn.execute(
             select(events.c.stream_id, events.c.version, events.c.kind, events.c.payload)
             .join(payments, payments.c.id == events.c.stream_id)
-            .where(payments.c.id.in_(chunk), events.c.version > payments.c.version)
+            .where(one_of(conn, payments.c.id, chunk), events.c.version > payments.c.version)
             .order_by(events.c.stream_id, events.c.version)
         )
         for row in rows:
@@ -183,7 +183,7 @@ def load_many(conn: Connection, payment_ids: Collection[str]) -> dict[str, Proje
     """The rows of those of ``payment_ids`` that exist."""
     found: dict[str, ProjectedPayment] = {}
     for chunk in _chunks(sorted(payment_ids)):
-        rows = conn.execute(select(payments).where(payments.c.id.in_(chunk))).all()
+        rows = conn.execute(select(payments).where(one_of(conn, payments.c.id, chunk))).all()
         found.update((p.payment.id, p) for p in _projected(conn, rows))
     return found
 
@@ -194,7 +194,7 @@ def load_many_by_chain_id(
     """The rows of those of ``chain_payment_ids`` (escrow payment ids) the engine knows."""
     found: dict[bytes, ProjectedPayment] = {}
     for chunk in _chunks(sorted(chain_payment_ids)):
-        query = select(payments).where(payments.c.chain_payment_id.in_(chunk))
+        query = select(payments).where(one_of(conn, payments.c.chain_payment_id, chunk))
         found.update((p.chain_payment_id, p) for p in _projected(conn, conn.execute(query).all()))
     return found
 
@@ -275,7 +275,7 @@ def _underlying_statuses(
     for chunk in _chunks(sorted(versions)):
         rows = conn.execute(
             select(events.c.stream_id, events.c.version, events.c.kind, events.c.payload)
-            .where(events.c.stream_id.in_(chunk))
+            .where(one_of(conn, events.c.stream_id, chunk))
             .order_by(events.c.stream_id, events.c.version)
         )
         for row in rows:
