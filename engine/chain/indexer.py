@@ -33,7 +33,7 @@ from itertools import takewhile
 from typing import Any, ClassVar, Final, NamedTuple
 
 from eth_utils import to_checksum_address
-from sqlalchemy import Connection, Row, delete, insert, select, tuple_, update
+from sqlalchemy import Connection, Row, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from web3 import Web3
 
@@ -632,7 +632,7 @@ class NoticeDedupe:
             rows = conn.execute(
                 select(d.stage, d.block_hash, d.tx_hash, d.log_index).where(
                     d.consumer == self.consumer,
-                    tuple_(d.stage, d.block_hash, d.tx_hash, d.log_index).in_(chunk),
+                    one_of(conn, (d.stage, d.block_hash, d.tx_hash, d.log_index), chunk),
                 )
             )
             seen.update((r.stage, bytes(r.block_hash), bytes(r.tx_hash), r.log_index) for r in rows)

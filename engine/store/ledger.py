@@ -39,7 +39,6 @@ from sqlalchemy import (
     insert,
     select,
     true,
-    tuple_,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -241,7 +240,7 @@ class Ledger:
     def balance(self, conn: Connection, account: AccountKey) -> Balance:
         """The account's balance; an account nothing was ever posted to has a zero balance."""
         row = conn.execute(
-            select(self._t.accounts).where(self._accounts_named([account]))
+            select(self._t.accounts).where(self._accounts_named(conn, [account]))
         ).one_or_none()
         return Balance() if row is None else _balance(row)
 
@@ -556,7 +555,7 @@ class Ledger:
     ) -> dict[AccountKey, _Account]:
         a = self._t.accounts
         if len(keys) <= _ACCOUNTS_PER_QUERY_MAX:
-            named = self._accounts_named(keys)
+            named = self._accounts_named(conn, keys)
         else:
             # Look the ids up in bounded queries, then lock them all in one statement, so that
             # the locks are still taken in id order.
@@ -567,7 +566,7 @@ class Ledger:
                 for start in chunks
                 for account_id in conn.execute(
                     select(a.c.id).where(
-                        self._accounts_named(ordered[start : start + _ACCOUNTS_PER_QUERY_MAX])
+                        self._accounts_named(conn, ordered[start : start + _ACCOUNTS_PER_QUERY_MAX])
                     )
                 ).scalars()
             ]
@@ -613,10 +612,12 @@ class Ledger:
             for row in rows
         ]
 
-    def _accounts_named(self, keys: Iterable[AccountKey]) -> ColumnElement[bool]:
+    def _accounts_named(self, conn: Connection, keys: Iterable[AccountKey]) -> ColumnElement[bool]:
         a = self._t.accounts
-        return tuple_(a.c.chain_id, a.c.token, a.c.kind, a.c.owner).in_(
-            [(key.asset.chain_id, key.asset.token, key.kind.value, key.owner) for key in keys]
+        return one_of(
+            conn,
+            (a.c.chain_id, a.c.token, a.c.kind, a.c.owner),
+            [(key.asset.chain_id, key.asset.token, key.kind.value, key.owner) for key in keys],
         )
 
     def _asset_clause(self, asset: AssetKey | None) -> ColumnElement[bool]:

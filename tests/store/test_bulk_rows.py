@@ -1,6 +1,7 @@
 """``insert_rows`` and ``update_rows``, the store's bulk writes, on SQLite and PostgreSQL (COPY
 and UPDATE ... FROM unnest there): keys in row order, column types applied, constraint errors
-raised as SQLAlchemy's, and the count of rows an update matched."""
+raised as SQLAlchemy's, and the count of rows an update matched. ``one_of``, the bulk look-up
+(arrays on PostgreSQL), finds the same rows as an IN list whatever the count."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from engine.store.db import Database, insert_rows, update_rows
+from engine.store.db import Database, insert_rows, one_of, update_rows
 from engine.store.schema import events, ledger_accounts, streams
 
 HASH = bytes(range(32))
@@ -110,3 +111,30 @@ def test_an_update_counts_only_the_rows_its_match_found(database: Database) -> N
         stored = dict(conn.execute(select(streams.c.stream_id, streams.c.version)).all())
     assert changed == 1
     assert stored == {"s-1": 2, "s-2": 1}
+
+
+@pytest.mark.parametrize("count", [0, 1, 7, 600])
+def test_one_of_finds_exactly_the_rows_listed_by_one_column(database: Database, count: int) -> None:
+    with database.transaction() as conn:
+        insert_rows(conn, streams, [_stream(f"s-{n}", n + 1) for n in range(1300)])
+        wanted = [f"s-{n}" for n in range(0, 2 * count, 2)] + ["s-missing"]
+        found = conn.execute(
+            select(streams.c.stream_id).where(one_of(conn, streams.c.stream_id, wanted))
+        ).scalars()
+    assert sorted(found) == sorted(wanted[:-1])
+
+
+def test_one_of_matches_tuples_of_several_columns_bytes_included(database: Database) -> None:
+    heads = {f"s-{n}": bytes([n]) * 32 for n in range(10)}
+    with database.transaction() as conn:
+        insert_rows(
+            conn,
+            streams,
+            [{"stream_id": sid, "version": 1, "head_hash": head} for sid, head in heads.items()],
+        )
+        wanted = [("s-1", heads["s-1"]), ("s-4", heads["s-4"]), ("s-5", heads["s-6"])]
+        columns = (streams.c.stream_id, streams.c.head_hash)
+        found = conn.execute(select(*columns).where(one_of(conn, columns, wanted))).all()
+        none = conn.execute(select(*columns).where(one_of(conn, columns, []))).all()
+    assert sorted((sid, bytes(head)) for sid, head in found) == wanted[:2]
+    assert none == []
