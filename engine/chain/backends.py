@@ -33,7 +33,7 @@ from engine.chain.backend_errors import (
     UnsupportedOnBackend,
 )
 from engine.chain.embedded_state import DurableAtomicDB, WriteThroughKV
-from engine.chain.networks import Network
+from engine.chain.networks import STUCK_AFTER_S_LOCAL, STUCK_AFTER_S_PUBLIC, Network
 from engine.chain.tx_rpc import Rpc, quantity, rpc_for
 
 BackendName = Literal["embedded", "anvil", "rpc"]
@@ -58,6 +58,10 @@ class ChainBackend(ABC):
     def accounts(self) -> list[LocalAccount]:
         """Funded accounts whose keys are known (local backends) or were given (rpc)."""
         return list(self._accounts)
+
+    def stuck_after_s(self) -> int:
+        """How long a sent transaction may sit unmined here before it counts as stuck."""
+        return STUCK_AFTER_S_PUBLIC
 
     def now(self) -> int:
         """Timestamp of the latest block: the chain's clock, not the wall clock."""
@@ -102,6 +106,9 @@ class LocalChainBackend(ChainBackend):
         # Oldest first. Tracked here so every backend accepts and refuses the same tokens;
         # the nodes disagree (eth-tester keeps all, anvil answers false or an error).
         self._live_snapshots: list[str] = []
+
+    def stuck_after_s(self) -> int:
+        return STUCK_AFTER_S_LOCAL
 
     def set_next_block_timestamp(self, timestamp: int) -> None:
         latest = self.now()
@@ -214,6 +221,12 @@ class AnvilBackend(LocalChainBackend):
     def close(self) -> None:
         if self._owns_process:
             self.process.stop()
+
+    def stuck_after_s(self) -> int:
+        config = self.process.config
+        if not config.automine:  # blocks come only when a test mines them
+            return STUCK_AFTER_S_PUBLIC
+        return STUCK_AFTER_S_LOCAL + (config.block_time_s or 0)
 
     def _set_next_block_timestamp(self, timestamp: int) -> None:
         self._request("evm_setNextBlockTimestamp", timestamp)

@@ -110,6 +110,7 @@ class SettlementEngine:
                 self.chain_id,
                 FeePolicy(max_fee_per_gas_cap=FEE_CAP_PER_GAS),
                 confirmations=confirmations,
+                stuck_after_s=backend.stuck_after_s(),
             ),
             SystemClock(),
         )

@@ -6,15 +6,18 @@ checks after quiescence that the projection, the ledger and the chain tell one s
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import pytest
 from eth_account import Account
 from sqlalchemy import func, select, update
+from web3.types import RPCEndpoint
 
 from engine.chain.anvil import AnvilProcess
 from engine.chain.backends import AnvilBackend, ChainBackend, EmbeddedBackend
 from engine.chain.localnet import UNIT
+from engine.chain.networks import STUCK_AFTER_S_LOCAL
 from engine.domain.events import Authorized, Captured, Conflicted, PaymentRequested
 from engine.domain.money import Leg
 from engine.ops.reconcile import ChainTarget, reconcile
@@ -25,7 +28,7 @@ from engine.store.event_store import EventStore
 from engine.store.ledger import Ledger
 from engine.store.ledger_accounts import AccountKey, AccountKind, AssetKey
 from engine.store.projections import load, stored_form
-from engine.store.schema import indexer_checkpoints, payment_commands, txs
+from engine.store.schema import indexer_checkpoints, payment_commands, tx_history, txs
 from tests.saga.saga_support import assert_books_match_chain
 
 AMOUNT = 100 * UNIT
@@ -343,5 +346,56 @@ def test_a_batch_whose_nonce_another_transaction_took_goes_again_as_a_new_one(
         assert second == first + ":estimated"
         assert_books_match_chain(engine)
     finally:
+        engine.close()
+        backend.revert(snapshot)
+
+
+@pytest.mark.anvil
+def test_a_batch_the_node_keeps_unmined_is_replaced_within_seconds_and_settles(
+    anvil_process: AnvilProcess, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """anvil, given a JSON-RPC batch of sends, has been seen to keep the last one in its pool
+    unmined until something else arrived: a payment stalled for the public chains' minute
+    before its batch was bumped. On a node that mines on arrival the engine calls a batch
+    stuck after seconds, and the replacement (same nonce, higher fees) settles it."""
+    backend: ChainBackend = AnvilBackend(anvil_process)
+    snapshot = backend.snapshot()
+    db_url = f"sqlite:///{tmp_path_factory.mktemp('stuck') / 'settle.db'}"
+    engine = SettlementEngine(db_url, backend)
+
+    def set_automine(on: bool) -> None:
+        backend.w3.manager.request_blocking(RPCEndpoint("evm_setAutomine"), [on])
+
+    def events_of_the_batch() -> list[str]:
+        with engine.db.snapshot() as conn:
+            return list(
+                conn.execute(select(tx_history.c.event).order_by(tx_history.c.id)).scalars()
+            )
+
+    try:
+        world = engine.deployment
+        terms = world.terms(AMOUNT)
+        created = engine.service.create("c0", terms, AMOUNT, world.payer_signature(terms))
+        set_automine(False)  # the node takes the batch into its pool and keeps it there
+        engine.step()
+        assert events_of_the_batch() == ["queued", "sent"]
+
+        deadline = time.monotonic() + STUCK_AFTER_S_LOCAL + 5
+        while "replaced_by_bump" not in events_of_the_batch():
+            assert time.monotonic() < deadline, "the unmined batch was never replaced"
+            engine.step()
+            time.sleep(0.2)
+        set_automine(True)
+        backend.mine()
+        engine.run_until_quiescent()
+
+        with engine.db.snapshot() as conn:
+            batch = conn.execute(select(txs.c.status, txs.c.attempts)).one()
+            payment = load(conn, created.payment_id)
+        assert (batch.status, batch.attempts) == ("confirmed", 2)
+        assert payment is not None and payment.payment.status == "requires_capture"
+        assert_books_match_chain(engine)
+    finally:
+        set_automine(True)
         engine.close()
         backend.revert(snapshot)
