@@ -657,6 +657,21 @@ class NoticeDedupe:
             insert_rows(conn, indexer_deliveries, rows_to_insert)
         return fresh
 
+    def confirmed_earlier(self, conn: Connection, notice: LogNotice) -> bool:
+        """Whether this consumer applied the confirmed notice of ``notice``'s log, in this
+        transaction or before: for a removed log, whether its fact had been taken as final."""
+        log, d = notice.log, indexer_deliveries.c
+        found = conn.execute(
+            select(d.log_index).where(
+                d.consumer == self.consumer,
+                d.stage == LogStage.CONFIRMED.value,
+                d.block_hash == log.block_hash,
+                d.tx_hash == log.tx_hash,
+                d.log_index == log.log_index,
+            )
+        ).first()
+        return found is not None
+
 
 def _delivery_key(notice: LogNotice) -> tuple[str, bytes, bytes, int]:
     log = notice.log

@@ -83,8 +83,35 @@ class Withdrawn(CreditEvent):
         object.__setattr__(self, "to", checksum_address(self.to, "to"))
 
 
+@dataclass(frozen=True, kw_only=True)
+class CreditReversed(CreditEvent):
+    """A reorg deeper than the confirmation depth took a confirmed ``of`` event (a credit or a
+    withdrawal of ``amount``) off the chain. The stream is append-only, so the fact it had
+    recorded is undone by this one rather than erased, and replay books the undoing too."""
+
+    kind: ClassVar[str] = "credit_reversed"
+    of: str  # the kind of the event undone: credited or withdrawn
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.of not in (Credited.kind, Withdrawn.kind):
+            raise InvalidEvent(f"a credit reversal undoes credited or withdrawn, not {self.of!r}")
+
+
+def reversal_of(event: Credited | Withdrawn) -> CreditReversed:
+    """The event that undoes ``event`` in its stream."""
+    return CreditReversed(
+        chain_id=event.chain_id,
+        token=event.token,
+        account=event.account,
+        amount=event.amount,
+        at=event.at,
+        of=event.kind,
+    )
+
+
 CREDIT_EVENT_TYPES: Mapping[str, type[CreditEvent]] = {
-    cls.kind: cls for cls in (Credited, Withdrawn)
+    cls.kind: cls for cls in (Credited, Withdrawn, CreditReversed)
 }
 
 

@@ -5,6 +5,9 @@ Money enters the ledger only from the chain: a pending log records its entry pen
 confirmed log posts it (recording it first if the pending notice was never seen), and a removed
 log voids a pending entry or reverses a posted one. The domain event is appended to the payment
 stream on confirmation only, since a stream is append-only and a pending log may yet vanish.
+A confirmed log that vanishes all the same (a reorg deeper than the confirmation depth) leaves
+its payment's stream holding a fact the chain no longer has: the payment is flagged
+``conflicted`` for reconciliation, while a credit's stream records a ``credit_reversed``.
 
 A whole poll is applied in one SQL transaction together with each notice's ``NoticeDedupe`` row
 and the indexer's acknowledgement, so a crash either loses all of it (and the notices come
@@ -162,7 +165,21 @@ class ChainMirror:
             return 0
         if notice.stage is LogStage.REMOVED:
             books.add(_Booking.REMOVED, key, log.block_timestamp)
-            return 0
+            if not self._dedupe.confirmed_earlier(batch.conn, notice):
+                return 0
+            # A reorg deeper than the confirmation depth: the stream holds a fact the chain no
+            # longer has. The ledger follows the chain (the entry is reversed); the flag stops
+            # commands and leaves the payment to reconciliation, since its events no longer
+            # vouch for its books.
+            reason = (
+                f"a reorg deeper than the confirmation depth removed its confirmed {event.kind} "
+                f"(block {log.block_number})"
+            )
+            batch.append(
+                current.payment.id,
+                Conflicted(payment_id=current.payment.id, at=log.block_timestamp, reason=reason),
+            )
+            return 1
         return self._confirm(batch, books, current, event, key, funder, log.block_timestamp)
 
     def _credit(
@@ -175,10 +192,14 @@ class ChainMirror:
         """Stage a credit's ledger entry as a payment's is staged; record it once confirmed."""
         log = notice.log
         key = _log_key(notice)
+        event = _credit_event(fact, self._chain_id, log.block_timestamp)
         if notice.stage is LogStage.REMOVED:
             books.add(_Booking.REMOVED, key, log.block_timestamp)
+            if self._dedupe.confirmed_earlier(appends.conn, notice):
+                # Its stream recorded it as final; a reorg deeper than the confirmation depth
+                # took it back, so the stream records the undoing too, as the ledger does.
+                appends.append(credits.reversal_of(event))
             return
-        event = _credit_event(fact, self._chain_id, log.block_timestamp)
         if notice.stage is LogStage.PENDING:
             books.add(_Booking.PENDING, credit_entry(event, key=key), log.block_timestamp)
             return
@@ -267,7 +288,7 @@ def _log_key(notice: LogNotice) -> str:
 
 def _credit_event(
     event: chain.Credited | chain.Withdrawn, chain_id: int, at: int
-) -> credits.CreditEvent:
+) -> credits.Credited | credits.Withdrawn:
     if isinstance(event, chain.Credited):
         return credits.Credited(
             chain_id=chain_id, token=event.token, account=event.account, amount=event.amount, at=at

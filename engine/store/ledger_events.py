@@ -32,7 +32,7 @@ credit events (``engine.domain.credits``) with them, for the mirror and for repl
 
 from __future__ import annotations
 
-from engine.domain.credits import Credited, CreditEvent, Withdrawn
+from engine.domain.credits import Credited, CreditEvent, CreditReversed, Withdrawn
 from engine.domain.events import (
     Authorized,
     Captured,
@@ -129,6 +129,12 @@ def credit_entry(event: CreditEvent, *, key: str) -> NewEntry:
             transfer = credited(asset, event.account, event.amount)
         case Withdrawn():
             transfer = withdrawn(asset, event.account, event.amount)
+        # Undoing a credit moves it back as a withdrawal would, and undoing a withdrawal as a
+        # credit would: the same two accounts, the other way.
+        case CreditReversed(of=Credited.kind):
+            transfer = withdrawn(asset, event.account, event.amount)
+        case CreditReversed(of=Withdrawn.kind):
+            transfer = credited(asset, event.account, event.amount)
         case _:
             raise AssertionError(f"no booking for credit event {event.kind}")
     return NewEntry.from_transfers(key, event.kind, [transfer])

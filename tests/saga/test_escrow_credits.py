@@ -26,6 +26,7 @@ from engine.store.event_store import EventStore
 from engine.store.ledger import Ledger
 from engine.store.ledger_accounts import AccountKey, AccountKind, AssetKey
 from engine.store.ledger_entries import EntryState
+from engine.store.projections import load
 from engine.store.replay import verify_replay
 from engine.store.schema import indexer_checkpoints, ledger_entries
 from tests.chain.batch_support import deploy_funded_token
@@ -235,3 +236,54 @@ def test_a_withdrawal_is_pending_until_final_and_voided_when_a_reorg_drops_it(
     assert merchant_credit(engine) == NET
     assert reconciled(engine) == (2, 0)
     assert_books_match_chain(engine)
+
+
+def test_a_reorg_deeper_than_the_confirmation_depth_reverses_a_posted_credit_and_flags_the_payment(
+    engine: SettlementEngine,
+) -> None:
+    """With no confirmation depth a Credited log is final as soon as it is mined. A reorg that
+    drops it afterwards breaks that promise: the books follow the chain (the posted entry is
+    reversed, never voided), the credit stream records the undoing so replay books it too, and
+    the payment whose capture went with it is flagged, since its stream still holds the
+    capture and only reconciliation can say what becomes of it."""
+    world = engine.deployment
+    backend = engine.backend
+    terms = world.terms(AMOUNT)
+    payment_id = engine.service.create(
+        "create", terms, AMOUNT, world.payer_signature(terms)
+    ).payment_id
+    engine.run_until_quiescent()
+    set_blocked(world, world.merchant.address, True)
+    fork = backend.snapshot()
+    engine.service.capture("capture", payment_id, AMOUNT, FEE_BPS)
+    engine.run_until_quiescent()
+    posted = credit_entries(engine)
+    booked_while_on_chain = merchant_credit(engine)
+
+    backend.revert(fork)  # the capture's block, and its Credited log with it, leave the chain
+    backend.mine(3)
+    engine.mirror.step()
+
+    assert posted == [("credited", "posted")]
+    assert booked_while_on_chain == NET
+    assert credit_entries(engine) == [("credited", "posted"), ("reversal", "posted")]
+    e = ledger_entries.c
+    with engine.db.snapshot() as conn:
+        key = conn.execute(select(e.idempotency_key).where(e.kind == "credited")).scalar_one()
+        original, reversal = Ledger().entry(conn, key), Ledger().entry(conn, key + ":reversed")
+        payment = load(conn, payment_id)
+        holdings = Ledger().escrow_holdings(conn, AssetKey(engine.chain_id, world.token.address))
+    assert original is not None and reversal is not None
+    assert reversal.reverses_id == original.id
+    assert [event.kind for event in credit_history(engine)] == ["credited", "credit_reversed"]
+    assert escrow_credit(world, world.token, world.merchant.address) == 0
+    assert merchant_credit(engine) == 0
+    assert holdings == world.balance(world.escrow.address) == AMOUNT  # the hold is back
+    assert payment is not None and payment.payment.status == "conflicted"
+    assert payment.payment.underlying == "succeeded"  # what its stream still says
+    replay = verify_replay(engine.db, chain_id=engine.chain_id)
+    assert replay.differences and all(payment_id in line for line in replay.differences)
+    reconciled(engine)
+    with engine.db.snapshot() as conn:
+        still = load(conn, payment_id)
+    assert still is not None and still.payment.status == "conflicted"
