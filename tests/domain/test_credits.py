@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from engine.domain.credits import Credited, Withdrawn, credit_event_from_dict, stream_id
+from engine.domain.credits import (
+    Credited,
+    CreditReversed,
+    Withdrawn,
+    credit_event_from_dict,
+    reversal_of,
+    stream_id,
+)
 from engine.domain.errors import InvalidEvent
 
 TOKEN = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
@@ -39,3 +46,18 @@ def test_a_malformed_credit_event_is_refused(change: dict[str, object]) -> None:
 
     with pytest.raises(InvalidEvent):
         credit_event_from_dict(data)
+
+
+def test_a_reversal_undoes_one_event_of_the_same_stream_and_names_its_kind() -> None:
+    withdrawn = Withdrawn(chain_id=1, token=TOKEN, account=ACCOUNT, to=TO, amount=5, at=11)
+
+    reversal = reversal_of(withdrawn)
+
+    assert (reversal.of, reversal.amount, reversal.stream_id) == (
+        "withdrawn",
+        5,
+        withdrawn.stream_id,
+    )
+    assert credit_event_from_dict(reversal.to_dict()) == reversal
+    with pytest.raises(InvalidEvent):
+        CreditReversed(chain_id=1, token=TOKEN, account=ACCOUNT, amount=5, at=11, of="captured")
