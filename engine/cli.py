@@ -255,11 +255,15 @@ def bench_chain(as_json: JsonFlag = False) -> None:
 @bench_app.command("core")
 @user_errors
 def bench_core(
-    payments: Annotated[int, typer.Option("--payments", min=1)] = 1000,
+    payments: Annotated[
+        int | None, typer.Option("--payments", min=1, help="Payments per backend (default 1000).")
+    ] = None,
     in_flight: Annotated[
-        int,
-        typer.Option("--in-flight", min=0, help="Payments open at once (0: all of them)."),
-    ] = 300,
+        int | None,
+        typer.Option(
+            "--in-flight", min=0, help="Payments open at once (0: all of them; default 600)."
+        ),
+    ] = None,
     single_process: Annotated[
         bool,
         typer.Option(
