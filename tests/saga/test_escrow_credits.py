@@ -49,7 +49,8 @@ def engine(db_url: str) -> Iterator[SettlementEngine]:
         settlement.close()
 
 
-def capture_to_blocked_merchant(engine: SettlementEngine) -> str:
+def authorized_for_blocked_merchant(engine: SettlementEngine) -> str:
+    """A payment held on chain whose merchant the token has blocklisted since."""
     world = engine.deployment
     terms = world.terms(AMOUNT)
     payment_id = engine.service.create(
@@ -57,8 +58,17 @@ def capture_to_blocked_merchant(engine: SettlementEngine) -> str:
     ).payment_id
     engine.run_until_quiescent()
     set_blocked(world, world.merchant.address, True)
+    return payment_id
+
+
+def capture_all(engine: SettlementEngine, payment_id: str) -> None:
     engine.service.capture("capture", payment_id, AMOUNT, FEE_BPS)
     engine.run_until_quiescent()
+
+
+def capture_to_blocked_merchant(engine: SettlementEngine) -> str:
+    payment_id = authorized_for_blocked_merchant(engine)
+    capture_all(engine, payment_id)
     return payment_id
 
 
@@ -248,15 +258,9 @@ def test_a_reorg_deeper_than_the_confirmation_depth_reverses_a_posted_credit_and
     capture and only reconciliation can say what becomes of it."""
     world = engine.deployment
     backend = engine.backend
-    terms = world.terms(AMOUNT)
-    payment_id = engine.service.create(
-        "create", terms, AMOUNT, world.payer_signature(terms)
-    ).payment_id
-    engine.run_until_quiescent()
-    set_blocked(world, world.merchant.address, True)
+    payment_id = authorized_for_blocked_merchant(engine)
     fork = backend.snapshot()
-    engine.service.capture("capture", payment_id, AMOUNT, FEE_BPS)
-    engine.run_until_quiescent()
+    capture_all(engine, payment_id)
     posted = credit_entries(engine)
     booked_while_on_chain = merchant_credit(engine)
 
