@@ -6,31 +6,49 @@ and ledger), which meet only in the database. Run apart, each takes a core while
 accepted by yet another process (the API's, or the bench's shop), as DESIGN §6 scales out.
 
 Workers are started with the ``spawn`` method: a forked child would share the parent's open
-database and HTTP connections. A worker that dies takes the run down with it
-(``WorkerFailed``) rather than leaving a pipeline that silently stops settling.
+database and HTTP connections. A step that fails for a passing reason (the node or the database
+did not answer, another writer won a race) is taken again after a doubling pause: every
+component keeps its state in the database and resolves what a cut-short step left (a send
+whose answer was lost is looked up, a mirror transaction rolled back is delivered again). Any
+other error, or a passing one that lasts past ``FAILURES_IN_A_ROW_MAX`` tries, ends the worker,
+and a worker that dies takes the run down with it (``WorkerFailed``) rather than leaving a
+pipeline that silently stops settling.
 """
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from multiprocessing.synchronize import Event
 from typing import Final
+
+from sqlalchemy.exc import OperationalError
 
 from engine.chain.anvil import AnvilConfig, AnvilProcess
 from engine.chain.backends import AnvilBackend
 from engine.chain.localnet import attach_local
+from engine.chain.tx_errors import RpcUnavailable
 from engine.saga.engine import Role, SettlementEngine
+from engine.store.event_store import ConcurrencyConflict
 
 # How long an idle worker waits before looking again: short next to a posting-lag budget of a
 # second, long enough that two idle workers leave the cores to the database and the node.
 IDLE_WAIT_S: Final = 0.01
 READY_TIMEOUT_S: Final = 60.0
 STOP_TIMEOUT_S: Final = 10.0
+# The pause after a step failed for a passing reason doubles from the first to the last; the
+# failures in a row a worker takes add up to about five minutes of a node or database away.
+RETRY_WAIT_S_FIRST: Final = 0.05
+RETRY_WAIT_S_LAST: Final = 5.0
+FAILURES_IN_A_ROW_MAX: Final = 70
+PASSING_ERRORS: Final = (RpcUnavailable, OperationalError, ConcurrencyConflict)
+
+_log = logging.getLogger(__name__)
 
 
 class WorkerFailed(RuntimeError):
@@ -65,8 +83,9 @@ def relay_and_mirror(engine: SettlementEngine) -> list[WorkerSpec]:
     ]
 
 
-def run_worker(spec: WorkerSpec, ready: Event, stop: Event) -> None:
-    """Step an engine with ``spec.roles`` until ``stop`` is set (a worker process's target)."""
+def run_worker(spec: WorkerSpec, ready: Connection, stop: Connection) -> None:
+    """Step an engine with ``spec.roles`` until ``stop`` (a pipe's read end) says so, by a
+    message or by its writer closing; ``ready`` takes word once the engine is up."""
     backend = AnvilBackend(AnvilProcess.started_elsewhere(spec.anvil_port, spec.anvil))
     engine = SettlementEngine(
         spec.db_url,
@@ -75,13 +94,39 @@ def run_worker(spec: WorkerSpec, ready: Event, stop: Event) -> None:
         confirmations=spec.confirmations,
         roles=spec.roles,
     )
+    roles = ", ".join(sorted(spec.roles))
+    failures = 0
     try:
-        ready.set()
-        while not stop.is_set():
-            if engine.step().idle:
-                stop.wait(IDLE_WAIT_S)
+        ready.send(True)
+        ready.close()
+        while not stop.poll():
+            try:
+                idle = engine.step().idle
+            except PASSING_ERRORS as error:
+                failures += 1
+                if failures > FAILURES_IN_A_ROW_MAX:
+                    raise
+                wait_s = retry_wait_s(failures)
+                _log.warning(
+                    "%s worker: step failed (%s: %s); again in %.2f s",
+                    roles,
+                    type(error).__name__,
+                    error,
+                    wait_s,
+                )
+                stop.poll(wait_s)
+                continue
+            failures = 0
+            if idle:
+                stop.poll(IDLE_WAIT_S)
     finally:
         engine.close()
+
+
+def retry_wait_s(failures: int) -> float:
+    """The pause after the ``failures``-th failed step in a row."""
+    assert failures >= 1, failures
+    return min(RETRY_WAIT_S_LAST, RETRY_WAIT_S_FIRST * 2 ** min(failures - 1, 32))
 
 
 class Workers:
@@ -101,28 +146,40 @@ class Workers:
 @contextmanager
 def running_workers(specs: Sequence[WorkerSpec]) -> Iterator[Workers]:
     """Start a process per spec, wait until each has its engine up, and stop them all on the
-    way out (terminating one that does not stop in time)."""
+    way out (terminating one that does not stop in time).
+
+    Workers hear "ready" and "stop" through pipes, not shared events: a worker killed while
+    it waited on an event's lock would leave the lock held, and every other process that
+    touched the event after it would hang (the test that kills a worker once did)."""
     context = multiprocessing.get_context("spawn")
-    stop = context.Event()
-    started: list[tuple[BaseProcess, Event]] = []
+    stop, stop_writer = context.Pipe(duplex=False)
+    started: list[tuple[BaseProcess, Connection]] = []
     try:
         for spec in specs:
-            ready = context.Event()
+            ready, ready_writer = context.Pipe(duplex=False)
             process = context.Process(
-                target=run_worker, args=(spec, ready, stop), name=f"settle-{'-'.join(spec.roles)}"
+                target=run_worker,
+                args=(spec, ready_writer, stop),
+                name=f"settle-{'-'.join(spec.roles)}",
             )
             process.start()
+            ready_writer.close()  # the worker has its own: its end closes when it exits
             started.append((process, ready))
         workers = Workers([process for process, _ in started], specs)
         deadline = time.monotonic() + READY_TIMEOUT_S
         for _, ready in started:
-            while not ready.wait(0.1):
+            while not ready.poll(0.1):
                 workers.check()
                 if time.monotonic() > deadline:
                     raise WorkerFailed(f"a worker was not ready within {READY_TIMEOUT_S} s")
+            try:
+                ready.recv()
+            except EOFError:  # it exited before its engine was up
+                workers.check()
+                raise WorkerFailed("a worker exited before it was ready") from None
         yield workers
     finally:
-        stop.set()
+        stop_writer.close()  # every worker's stop.poll() now returns True
         for child, _ in started:
             child.join(STOP_TIMEOUT_S)
             if child.is_alive():

@@ -1,12 +1,15 @@
 """The relay and the mirror in worker processes of their own, on one PostgreSQL database and one
 anvil node: payments that a third process accepts settle exactly as a single engine settles
-them, and a worker that dies stops the run loudly instead of leaving it waiting."""
+them, the workers ride out a node that stops answering for a while, and a worker that dies
+stops the run loudly instead of leaving it waiting."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,10 +17,18 @@ from sqlalchemy import Engine, func, select
 
 from engine.chain.anvil import AnvilProcess
 from engine.chain.backends import AnvilBackend, EmbeddedBackend
+from engine.chain.fault_proxy import Fault, FaultProxy
 from engine.ops.reconcile import ChainTarget, reconcile
-from engine.saga.bench_core import settle_with_workers
+from engine.saga.bench_core import SHOP_POLL_S, settle_payments, settle_with_workers
 from engine.saga.engine import Role, SettlementEngine
-from engine.saga.workers import WorkerFailed, relay_and_mirror, running_workers
+from engine.saga.workers import (
+    RETRY_WAIT_S_FIRST,
+    RETRY_WAIT_S_LAST,
+    WorkerFailed,
+    relay_and_mirror,
+    retry_wait_s,
+    running_workers,
+)
 from engine.store.db import scratch_schema
 from engine.store.projections import count_by_status
 from engine.store.schema import ledger_entries, txs
@@ -58,6 +69,41 @@ def test_workers_settle_what_another_process_accepted(shop: SettlementEngine) ->
     target = ChainTarget(shop.backend.w3, shop.chain_id, shop.deployment.escrow.address)
     report = reconcile(shop.db, target, now=shop.now())
     assert (report.matched, report.mismatched) == (PAYMENTS + 1, 0)
+
+
+@pytest.mark.postgres
+@pytest.mark.anvil
+def test_workers_ride_out_a_node_that_stops_answering_for_a_while(
+    shop: SettlementEngine,
+) -> None:
+    """The workers reach the node through a proxy that, once they run, refuses their next
+    requests and swallows the answers to two sends: each failed step is taken again after a
+    pause, the lost sends are looked up rather than sent twice, and every payment settles."""
+    with FaultProxy(shop.backend.process.port) as proxy:  # type: ignore[attr-defined]
+        specs = [replace(spec, anvil_port=proxy.port) for spec in relay_and_mirror(shop)]
+        with running_workers(specs) as workers:
+            proxy.inject(Fault.DROP_RESPONSE, "eth_sendRawTransaction", times=2)
+            proxy.inject(Fault.REFUSE, times=8)
+
+            def advance() -> None:
+                workers.check()
+                time.sleep(SHOP_POLL_S)
+
+            figures = settle_payments(shop, PAYMENTS, IN_FLIGHT, advance)
+        assert proxy.fired == {Fault.REFUSE: 8, Fault.DROP_RESPONSE: 2}
+
+    assert len(figures.lags_s) == PAYMENTS
+    with shop.db.snapshot() as conn:
+        assert count_by_status(conn) == {"succeeded": PAYMENTS}
+    assert_books_match_chain(shop)
+
+
+def test_the_pause_after_a_failed_step_doubles_up_to_its_cap() -> None:
+    waits = [retry_wait_s(failures) for failures in range(1, 12)]
+
+    assert waits[:3] == [RETRY_WAIT_S_FIRST, 2 * RETRY_WAIT_S_FIRST, 4 * RETRY_WAIT_S_FIRST]
+    assert waits == sorted(waits) and waits[-1] == RETRY_WAIT_S_LAST
+    assert retry_wait_s(10**6) == RETRY_WAIT_S_LAST
 
 
 @pytest.mark.postgres
