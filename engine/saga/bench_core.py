@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from rich.progress import Progress
 from sqlalchemy import create_engine, func, select
 
 from engine.chain.anvil import AnvilConfig
@@ -70,6 +71,24 @@ STEPS_MAX: Final = 100_000
 COMMANDS_PER_BATCH: Final = 500
 
 
+ANVIL_POSTGRESQL: Final = "anvil+postgresql"
+EMBEDDED_SQLITE: Final = "embedded+sqlite"
+
+
+@dataclass(frozen=True)
+class Load:
+    """What a run offers the pipeline: ``payments`` checkouts, at most ``in_flight`` of them
+    open at once (0: all), and ``settled``, told how many more settled after each look (a
+    progress bar's advance)."""
+
+    payments: int
+    in_flight: int = IN_FLIGHT_DEFAULT
+    settled: Callable[[int], object] = lambda count: None
+
+    def __post_init__(self) -> None:
+        assert self.payments > 0 and self.in_flight >= 0, self
+
+
 class NotSettled(RuntimeError):
     """The pipeline stopped with payments not fully settled: a bench figure would be a lie."""
 
@@ -97,15 +116,12 @@ class CoreFigures:
 
 
 def settle_payments(
-    engine: SettlementEngine,
-    payments: int,
-    in_flight: int = IN_FLIGHT_DEFAULT,
-    advance: Callable[[], object] | None = None,
+    engine: SettlementEngine, load: Load, advance: Callable[[], object] | None = None
 ) -> CoreFigures:
-    """Settle ``payments`` payments, at most ``in_flight`` open at once (0: all), capturing
-    each once authorized. ``advance`` moves the pipeline on between two looks at the ledger:
-    one engine step (the default), or a short wait while worker processes run the engine."""
-    assert payments > 0 and in_flight >= 0, (payments, in_flight)
+    """Settle the ``load``'s payments, capturing each once authorized. ``advance`` moves the
+    pipeline on between two looks at the ledger: one engine step (the default), or a short
+    wait while worker processes run the engine."""
+    payments = load.payments
     world = engine.deployment
     service = engine.service
     terms = [world.terms(AMOUNT) for _ in range(payments)]
@@ -114,7 +130,7 @@ def settle_payments(
         Create(f"bench-create-{index}", item, AMOUNT, signature)
         for index, (item, signature) in enumerate(zip(terms, signatures, strict=True))
     ]
-    window = in_flight or payments
+    window = load.in_flight or payments
     step = advance or engine.step
     booked = _Bookings(engine)
     started = time.perf_counter()
@@ -130,7 +146,10 @@ def settle_payments(
         step()
         authorized, captured = booked.since_last_look()
         seen = time.perf_counter()
-        lags.extend(seen - to_capture.pop(pid) for pid in captured if pid in to_capture)
+        settled = [seen - to_capture.pop(pid) for pid in captured if pid in to_capture]
+        if settled:
+            lags.extend(settled)
+            load.settled(len(settled))
         authorized &= to_authorize
         to_authorize -= authorized
         captures = [
@@ -187,20 +206,16 @@ class _Bookings:
         return found["authorized"], found["captured"]
 
 
-def bench_backend(
-    db_url: str, backend: ChainBackend, payments: int, in_flight: int = IN_FLIGHT_DEFAULT
-) -> CoreFigures:
+def bench_backend(db_url: str, backend: ChainBackend, load: Load) -> CoreFigures:
     """The whole engine stepped in this process."""
     engine = SettlementEngine(db_url, backend)
     try:
-        return settle_payments(engine, payments, in_flight)
+        return settle_payments(engine, load)
     finally:
         engine.close()
 
 
-def settle_with_workers(
-    shop: SettlementEngine, payments: int, in_flight: int = IN_FLIGHT_DEFAULT
-) -> CoreFigures:
+def settle_with_workers(shop: SettlementEngine, load: Load) -> CoreFigures:
     """``settle_payments`` with a relay worker and a mirror worker in processes of their own;
     ``shop`` (an engine with no roles) only accepts commands and watches the ledger."""
     with running_workers(relay_and_mirror(shop)) as workers:
@@ -209,15 +224,13 @@ def settle_with_workers(
             workers.check()
             time.sleep(SHOP_POLL_S)
 
-        return settle_payments(shop, payments, in_flight, wait)
+        return settle_payments(shop, load, wait)
 
 
-def bench_with_workers(
-    db_url: str, backend: AnvilBackend, payments: int, in_flight: int = IN_FLIGHT_DEFAULT
-) -> CoreFigures:
+def bench_with_workers(db_url: str, backend: AnvilBackend, load: Load) -> CoreFigures:
     shop = SettlementEngine(db_url, backend, roles=frozenset())
     try:
-        return settle_with_workers(shop, payments, in_flight)
+        return settle_with_workers(shop, load)
     finally:
         shop.close()
 
@@ -234,22 +247,18 @@ def fresh_schema(server_url: str) -> Iterator[str]:
 
 
 def bench_anvil_postgresql(
-    server_url: str,
-    payments: int,
-    in_flight: int = IN_FLIGHT_DEFAULT,
-    *,
-    single_process: bool = False,
+    server_url: str, load: Load, *, single_process: bool = False
 ) -> CoreFigures:
     with fresh_schema(server_url) as url, AnvilBackend.launch(AnvilConfig()) as backend:
         if single_process:
-            return bench_backend(url, backend, payments, in_flight)
-        return bench_with_workers(url, backend, payments, in_flight)
+            return bench_backend(url, backend, load)
+        return bench_with_workers(url, backend, load)
 
 
-def bench_embedded_sqlite(payments: int, in_flight: int = IN_FLIGHT_DEFAULT) -> CoreFigures:
+def bench_embedded_sqlite(load: Load) -> CoreFigures:
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBackend() as backend:
         url = f"sqlite:///{Path(tmp) / 'bench.db'}"
-        return bench_backend(url, backend, payments, in_flight)
+        return bench_backend(url, backend, load)
 
 
 Report = dict[str, dict[str, dict[str, float]]]
@@ -265,14 +274,22 @@ def measure(
     in_flight: int = IN_FLIGHT_DEFAULT,
     *,
     single_process: bool = False,
+    settled: Callable[[str, int], object] = lambda backend, count: None,
 ) -> Report:
-    """Both backends, one after the other (they would share the machine's two cores)."""
+    """Both backends, one after the other (they would share the machine's two cores);
+    ``settled`` hears each backend's progress."""
+
+    def load(backend: str) -> Load:
+        return Load(payments, in_flight, lambda count: settled(backend, count))
+
     return to_report(
         {
-            "anvil+postgresql": bench_anvil_postgresql(
-                db_url or POSTGRES_URL_DEFAULT, payments, in_flight, single_process=single_process
+            ANVIL_POSTGRESQL: bench_anvil_postgresql(
+                db_url or POSTGRES_URL_DEFAULT,
+                load(ANVIL_POSTGRESQL),
+                single_process=single_process,
             ),
-            "embedded+sqlite": bench_embedded_sqlite(payments, in_flight),
+            EMBEDDED_SQLITE: bench_embedded_sqlite(load(EMBEDDED_SQLITE)),
         }
     )
 
@@ -287,15 +304,22 @@ def cmd_bench_core(
 ) -> int:
     """`settle bench core [--json] [--payments N] [--in-flight N] [--single-process]
     [--db POSTGRES_URL]`; None takes the defaults above."""
-    result = measure(
-        PAYMENTS_DEFAULT if payments is None else payments,
-        db_url,
-        IN_FLIGHT_DEFAULT if in_flight is None else in_flight,
-        single_process=single_process,
-    )
+    count = PAYMENTS_DEFAULT if payments is None else payments
+    window = IN_FLIGHT_DEFAULT if in_flight is None else in_flight
     if as_json:
-        print(json.dumps(result))
+        print(json.dumps(measure(count, db_url, window, single_process=single_process)))
         return 0
+    with Progress(transient=True) as bar:
+        tasks = {
+            name: bar.add_task(name, total=count) for name in (ANVIL_POSTGRESQL, EMBEDDED_SQLITE)
+        }
+        result = measure(
+            count,
+            db_url,
+            window,
+            single_process=single_process,
+            settled=lambda backend, settled: bar.update(tasks[backend], advance=settled),
+        )
     for name, figures in result["backends"].items():
         print(
             f"{name:<18} {figures['payments_per_s']:>9.1f} payments/s   "

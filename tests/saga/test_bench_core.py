@@ -7,7 +7,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from engine.chain.backends import EmbeddedBackend
-from engine.saga.bench_core import CoreFigures, settle_payments, to_report
+from engine.saga.bench_core import CoreFigures, Load, settle_payments, to_report
 from engine.saga.engine import SettlementEngine
 from engine.store.projections import count_by_status
 from engine.store.schema import ledger_entries
@@ -16,10 +16,11 @@ PAYMENTS = 20
 
 
 def test_a_small_run_settles_every_payment_and_reports_rate_and_lag(tmp_path: Path) -> None:
+    progress: list[int] = []
     with EmbeddedBackend() as backend:
         engine = SettlementEngine(f"sqlite:///{tmp_path / 'bench.db'}", backend)
         try:
-            figures = settle_payments(engine, PAYMENTS)
+            figures = settle_payments(engine, Load(PAYMENTS, settled=progress.append))
             with engine.db.snapshot() as conn:
                 by_status = count_by_status(conn)
                 c = ledger_entries.c
@@ -33,6 +34,7 @@ def test_a_small_run_settles_every_payment_and_reports_rate_and_lag(tmp_path: Pa
     assert by_status == {"succeeded": PAYMENTS}
     assert posted == {"authorized": PAYMENTS, "captured": PAYMENTS}
     assert len(figures.lags_s) == PAYMENTS
+    assert sum(progress) == PAYMENTS and all(count > 0 for count in progress)
     report = to_report({"embedded+sqlite": figures})
     assert set(report["backends"]["embedded+sqlite"]) == {"payments_per_s", "posting_lag_p99_s"}
     assert all(value > 0 for value in report["backends"]["embedded+sqlite"].values())

@@ -19,7 +19,7 @@ from engine.chain.anvil import AnvilProcess
 from engine.chain.backends import AnvilBackend, EmbeddedBackend
 from engine.chain.fault_proxy import Fault, FaultProxy
 from engine.ops.reconcile import ChainTarget, reconcile
-from engine.saga.bench_core import SHOP_POLL_S, settle_payments, settle_with_workers
+from engine.saga.bench_core import SHOP_POLL_S, Load, settle_payments, settle_with_workers
 from engine.saga.engine import Role, SettlementEngine
 from engine.saga.workers import (
     RETRY_WAIT_S_FIRST,
@@ -50,7 +50,7 @@ def shop(postgres_admin: Engine, anvil_process: AnvilProcess) -> Iterator[Settle
 @pytest.mark.postgres
 @pytest.mark.anvil
 def test_workers_settle_what_another_process_accepted(shop: SettlementEngine) -> None:
-    figures = settle_with_workers(shop, PAYMENTS, IN_FLIGHT)
+    figures = settle_with_workers(shop, Load(PAYMENTS, IN_FLIGHT))
 
     assert len(figures.lags_s) == PAYMENTS
     with shop.db.snapshot() as conn:
@@ -89,7 +89,7 @@ def test_workers_ride_out_a_node_that_stops_answering_for_a_while(
                 workers.check()
                 time.sleep(SHOP_POLL_S)
 
-            figures = settle_payments(shop, PAYMENTS, IN_FLIGHT, advance)
+            figures = settle_payments(shop, Load(PAYMENTS, IN_FLIGHT), advance)
         assert proxy.fired == {Fault.REFUSE: 8, Fault.DROP_RESPONSE: 2}
 
     assert len(figures.lags_s) == PAYMENTS
