@@ -55,8 +55,11 @@ from engine.chain.tx_store import (
     TxStatus,
     TxStore,
 )
-from engine.store.db import Database
+from engine.store.db import Database, notify
 
+# Notified (engine.store.db.notify) when the node took transactions: what chain readers (the
+# mirror worker) wait on, since a local node mines them at once.
+SENT_CHANNEL: Final = "settle_sent"
 SUBMIT_TRIES_MAX: Final = 3  # a concurrent submit of the same key costs one retry
 PLAIN_TRANSFER_GAS: Final = 21_000
 
@@ -627,6 +630,8 @@ class TxManager:
         with self._database.transaction() as conn:
             self._store.mark_broadcast(conn, acknowledged, now)
             self._store.apply(conn, changes, now)
+            if acknowledged:
+                notify(conn, SENT_CHANNEL)  # the chain is about to change: readers look
 
     def _apply(self, changes: Sequence[Change]) -> None:
         if changes:

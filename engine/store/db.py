@@ -7,15 +7,18 @@ code path that reads and writes through SQLAlchemy Core.
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from alembic import command
 from alembic.config import Config
+from psycopg import sql
 from sqlalchemy import (
     Column,
     ColumnElement,
@@ -288,6 +291,62 @@ def one_of(
     ]
     rows = func.unnest(*arrays).table_valued(*(f"k{i}" for i in range(len(columns))))
     return tuple_(*columns).in_(select(*rows.render_derived().c))
+
+
+def notify(conn: Connection, channel: str) -> None:
+    """Wake the ``Wakeup``s listening on ``channel`` once ``conn``'s transaction commits
+    (PostgreSQL's NOTIFY: a rolled-back transaction wakes nobody). Nothing on SQLite, where
+    the engine runs in one process that has nobody to wake."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": channel})
+
+
+class Wakeup:
+    """Lets a worker wait for work instead of polling for it: ``wait`` returns as soon as a
+    transaction that called ``notify`` on one of ``channels`` commits, or after the timeout.
+
+    On PostgreSQL a connection of its own LISTENs; should it break, ``wait`` sleeps out its
+    timeout and the next one connects again (the timeout is the worker's poll interval, so a
+    lost wake-up only delays work). Elsewhere ``wait`` just sleeps.
+    """
+
+    def __init__(self, url: str, channels: Collection[str]) -> None:
+        parsed = normalise_url(url)
+        self._channels = sorted(channels)
+        self._conninfo: str | None = None
+        if parsed.get_backend_name() == "postgresql":
+            self._conninfo = parsed.set(drivername="postgresql").render_as_string(
+                hide_password=False
+            )
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def wait(self, timeout_s: float) -> bool:
+        """Whether a notification came before ``timeout_s`` passed."""
+        assert timeout_s >= 0, timeout_s
+        if self._conninfo is None or not self._channels:
+            time.sleep(timeout_s)
+            return False
+        try:
+            conn = self._listening()
+            return any(True for _ in conn.notifies(timeout=timeout_s, stop_after=1))
+        except psycopg.OperationalError:
+            self.close()
+            time.sleep(timeout_s)
+            return False
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _listening(self) -> psycopg.Connection[Any]:
+        if self._conn is None:
+            assert self._conninfo is not None
+            conn = psycopg.connect(self._conninfo, autocommit=True)
+            for channel in self._channels:
+                conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+            self._conn = conn
+        return self._conn
 
 
 def _bind_processor(conn: Connection, column: Column[Any]) -> Callable[[Any], Any] | None:

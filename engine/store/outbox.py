@@ -36,7 +36,14 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import Connection, and_, exists, func, insert, or_, select, update
 
-from engine.store.db import Database, UnsupportedDatabase, insert_rows, one_of, open_database
+from engine.store.db import (
+    Database,
+    UnsupportedDatabase,
+    insert_rows,
+    notify,
+    one_of,
+    open_database,
+)
 from engine.store.event_store import (
     PAYLOAD_BYTES_MAX,
     InvalidEvent,
@@ -55,6 +62,8 @@ from engine.store.schema import (
 )
 
 CLAIM_LIMIT_MAX = 1_000
+# Notified (engine.store.db.notify) when operations are enqueued: what relay workers wait on.
+OUTBOX_CHANNEL = "settle_outbox"
 LIST_LIMIT_MAX = 10_000
 HISTORY_LIMIT_MAX = 1_000
 # Longer error texts are cut: a failure must always be recordable, whatever the caller caught.
@@ -323,6 +332,8 @@ class Outbox:
             if op_id not in found
         ]
         ids = insert_rows(conn, outbox, fresh, returning=outbox.c.id)
+        if fresh:
+            notify(conn, OUTBOX_CHANNEL)  # relay workers wake when this commits
         found.update(
             (str(row["op_id"]), _outbox_row({**row, "id": row_id}))
             for row, row_id in zip(fresh, ids, strict=True)

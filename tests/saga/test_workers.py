@@ -22,11 +22,14 @@ from engine.ops.reconcile import ChainTarget, reconcile
 from engine.saga.bench_core import SHOP_POLL_S, Load, settle_payments, settle_with_workers
 from engine.saga.engine import Role, SettlementEngine
 from engine.saga.workers import (
+    IDLE_STEPS_AT_FIRST_WAIT,
+    IDLE_WAIT_S,
+    IDLE_WAIT_S_LAST,
     RETRY_WAIT_S_FIRST,
     RETRY_WAIT_S_LAST,
     WorkerFailed,
+    pause_s,
     relay_and_mirror,
-    retry_wait_s,
     running_workers,
 )
 from engine.store.db import scratch_schema
@@ -99,11 +102,21 @@ def test_workers_ride_out_a_node_that_stops_answering_for_a_while(
 
 
 def test_the_pause_after_a_failed_step_doubles_up_to_its_cap() -> None:
-    waits = [retry_wait_s(failures) for failures in range(1, 12)]
+    waits = [pause_s(n, RETRY_WAIT_S_FIRST, RETRY_WAIT_S_LAST) for n in range(1, 12)]
 
     assert waits[:3] == [RETRY_WAIT_S_FIRST, 2 * RETRY_WAIT_S_FIRST, 4 * RETRY_WAIT_S_FIRST]
     assert waits == sorted(waits) and waits[-1] == RETRY_WAIT_S_LAST
-    assert retry_wait_s(10**6) == RETRY_WAIT_S_LAST
+    assert pause_s(10**6, RETRY_WAIT_S_FIRST, RETRY_WAIT_S_LAST) == RETRY_WAIT_S_LAST
+
+
+def test_an_idle_worker_keeps_its_short_wait_for_a_while_then_looks_less_often() -> None:
+    def idle_wait(steps: int) -> float:
+        return pause_s(steps, IDLE_WAIT_S, IDLE_WAIT_S_LAST, IDLE_STEPS_AT_FIRST_WAIT)
+
+    flat = range(1, IDLE_STEPS_AT_FIRST_WAIT + 2)
+    assert {idle_wait(steps) for steps in flat} == {IDLE_WAIT_S}
+    assert idle_wait(IDLE_STEPS_AT_FIRST_WAIT + 2) == 2 * IDLE_WAIT_S
+    assert idle_wait(IDLE_STEPS_AT_FIRST_WAIT + 100) == IDLE_WAIT_S_LAST
 
 
 @pytest.mark.postgres
