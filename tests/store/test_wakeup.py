@@ -5,6 +5,7 @@ the plain pause it was."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import text
@@ -22,48 +23,41 @@ def channel() -> str:
     return f"test_{uuid.uuid4().hex}"
 
 
-def test_a_committed_notification_wakes_the_waiter_once(
-    database: Database, db_url: str, channel: str
-) -> None:
-    wakeup = Wakeup(db_url, [channel])
-    try:
-        assert not wakeup.wait(0)  # listening from here on
-        with database.transaction() as conn:
-            notify(conn, channel)
+@pytest.fixture
+def wakeup(database: Database, db_url: str, channel: str) -> Iterator[Wakeup]:
+    """A waiter already listening on ``channel``."""
+    waiter = Wakeup(db_url, [channel])
+    assert not waiter.wait(0)  # connects and listens
+    yield waiter
+    waiter.close()
 
-        woken = wakeup.wait(WAIT_S)
-        again = wakeup.wait(WAIT_S)
-    finally:
-        wakeup.close()
+
+def test_a_committed_notification_wakes_the_waiter_once(
+    database: Database, wakeup: Wakeup, channel: str
+) -> None:
+    with database.transaction() as conn:
+        notify(conn, channel)
+
+    woken, again = wakeup.wait(WAIT_S), wakeup.wait(WAIT_S)
 
     assert (woken, again) == (database.dialect == "postgresql", False)
 
 
 def test_a_rolled_back_notification_wakes_nobody(
-    database: Database, db_url: str, channel: str
+    database: Database, wakeup: Wakeup, channel: str
 ) -> None:
-    wakeup = Wakeup(db_url, [channel])
-    try:
-        assert not wakeup.wait(0)
-        with pytest.raises(RuntimeError), database.transaction() as conn:
-            notify(conn, channel)
-            conn.execute(text("SELECT 1"))
-            raise RuntimeError("the command failed after it asked to notify")
+    with pytest.raises(RuntimeError), database.transaction() as conn:
+        notify(conn, channel)
+        conn.execute(text("SELECT 1"))
+        raise RuntimeError("the command failed after it asked to notify")
 
-        assert not wakeup.wait(WAIT_S)
-    finally:
-        wakeup.close()
+    assert not wakeup.wait(WAIT_S)
 
 
 def test_other_channels_do_not_wake_the_waiter(
-    database: Database, db_url: str, channel: str
+    database: Database, wakeup: Wakeup, channel: str
 ) -> None:
-    wakeup = Wakeup(db_url, [channel])
-    try:
-        assert not wakeup.wait(0)
-        with database.transaction() as conn:
-            notify(conn, channel + "_other")
+    with database.transaction() as conn:
+        notify(conn, channel + "_other")
 
-        assert not wakeup.wait(WAIT_S)
-    finally:
-        wakeup.close()
+    assert not wakeup.wait(WAIT_S)
