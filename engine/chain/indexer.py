@@ -657,20 +657,24 @@ class NoticeDedupe:
             insert_rows(conn, indexer_deliveries, rows_to_insert)
         return fresh
 
-    def confirmed_earlier(self, conn: Connection, notice: LogNotice) -> bool:
-        """Whether this consumer applied the confirmed notice of ``notice``'s log, in this
-        transaction or before: for a removed log, whether its fact had been taken as final."""
-        log, d = notice.log, indexer_deliveries.c
-        found = conn.execute(
-            select(d.log_index).where(
-                d.consumer == self.consumer,
-                d.stage == LogStage.CONFIRMED.value,
-                d.block_hash == log.block_hash,
-                d.tx_hash == log.tx_hash,
-                d.log_index == log.log_index,
+    def confirmed_applied(self, conn: Connection, notices: Sequence[LogNotice]) -> set[LogKey]:
+        """The logs of ``notices`` whose confirmed notice this consumer has applied: for a
+        removed log, whether its fact had been taken as final. Ask before recording a poll's
+        deliveries, which would count that poll's own confirmed notices, wherever they stand."""
+        d = indexer_deliveries.c
+        columns = (d.block_hash, d.tx_hash, d.log_index)
+        keys = sorted({notice.log.key for notice in notices})
+        found: set[LogKey] = set()
+        for first in range(0, len(keys), _DELIVERIES_PER_QUERY_MAX):
+            rows = conn.execute(
+                select(*columns).where(
+                    d.consumer == self.consumer,
+                    d.stage == LogStage.CONFIRMED.value,
+                    one_of(conn, columns, keys[first : first + _DELIVERIES_PER_QUERY_MAX]),
+                )
             )
-        ).first()
-        return found is not None
+            found.update(LogKey(bytes(h), bytes(t), i) for h, t, i in rows)
+        return found
 
 
 def _delivery_key(notice: LogNotice) -> tuple[str, bytes, bytes, int]:

@@ -100,14 +100,8 @@ class CreditReversed(CreditEvent):
 
 def reversal_of(event: Credited | Withdrawn) -> CreditReversed:
     """The event that undoes ``event`` in its stream."""
-    return CreditReversed(
-        chain_id=event.chain_id,
-        token=event.token,
-        account=event.account,
-        amount=event.amount,
-        at=event.at,
-        of=event.kind,
-    )
+    shared = {field.name: getattr(event, field.name) for field in fields(CreditEvent)}
+    return CreditReversed(**shared, of=event.kind)
 
 
 CREDIT_EVENT_TYPES: Mapping[str, type[CreditEvent]] = {

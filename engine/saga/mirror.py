@@ -94,6 +94,10 @@ class ChainMirror:
         if not result.notices:
             return report
         with self._db.transaction() as conn:
+            # Logs taken as final: a reorg deeper than the confirmation depth may remove one.
+            final = self._dedupe.confirmed_applied(
+                conn, [notice for notice in result.notices if notice.stage is LogStage.REMOVED]
+            )
             fresh = [
                 notice
                 for notice, first in zip(
@@ -119,10 +123,13 @@ class ChainMirror:
             legs = legs_of_captures(fresh)
             for notice in fresh:
                 report.applied += 1
+                was_final = notice.log.key in final
                 if isinstance(fact := notice.log.event, chain.Credited | chain.Withdrawn):
-                    self._credit(credit_appends, books, notice, fact)
+                    self._credit(credit_appends, books, notice, fact, was_final)
                 else:
-                    report.conflicts += self._apply(batch, books, notice, legs)
+                    report.conflicts += self._apply(batch, books, notice, legs, was_final)
+                if notice.stage is LogStage.CONFIRMED:
+                    final.add(notice.log.key)
             batch.flush()
             credit_appends.flush()
             books.write(conn, self._ledger)
@@ -135,6 +142,7 @@ class ChainMirror:
         books: _LedgerPlan,
         notice: LogNotice,
         legs: Mapping[int, tuple[Leg, ...]],
+        was_final: bool,
     ) -> int:
         log = notice.log
         payment_id = getattr(log.event, "payment_id", None)
@@ -165,7 +173,7 @@ class ChainMirror:
             return 0
         if notice.stage is LogStage.REMOVED:
             books.add(_Booking.REMOVED, key, log.block_timestamp)
-            if not self._dedupe.confirmed_earlier(batch.conn, notice):
+            if not was_final:
                 return 0
             # A reorg deeper than the confirmation depth: the stream holds a fact the chain no
             # longer has. The ledger follows the chain (the entry is reversed); the flag stops
@@ -188,6 +196,7 @@ class ChainMirror:
         books: _LedgerPlan,
         notice: LogNotice,
         fact: chain.Credited | chain.Withdrawn,
+        was_final: bool,
     ) -> None:
         """Stage a credit's ledger entry as a payment's is staged; record it once confirmed."""
         log = notice.log
@@ -195,7 +204,7 @@ class ChainMirror:
         event = _credit_event(fact, self._chain_id, log.block_timestamp)
         if notice.stage is LogStage.REMOVED:
             books.add(_Booking.REMOVED, key, log.block_timestamp)
-            if self._dedupe.confirmed_earlier(appends.conn, notice):
+            if was_final:
                 # Its stream recorded it as final; a reorg deeper than the confirmation depth
                 # took it back, so the stream records the undoing too, as the ledger does.
                 appends.append(credits.reversal_of(event))

@@ -72,7 +72,7 @@ class PaymentBatch:
         chain_payment_ids: Collection[bytes] = (),
     ) -> None:
         db.lock_for_append(conn)
-        self.conn = conn
+        self._conn = conn
         self._store = EventStore(db)
         loaded = load_many(conn, payment_ids)
         for found in load_many_by_chain_id(conn, chain_payment_ids).values():
@@ -139,7 +139,7 @@ class PaymentBatch:
 
     def flush(self) -> None:
         """Write everything changed since the batch was made (or last flushed)."""
-        conn = self.conn
+        conn = self._conn
         appends: list[StreamAppend] = []
         for payment_id, requested in self._requested.items():
             first = stored_form(requested)

@@ -51,7 +51,7 @@ class CreditAppends:
     read there are still the heads when the events are written."""
 
     def __init__(self, conn: Connection, db: Database) -> None:
-        self.conn = conn
+        self._conn = conn
         self._store = EventStore(db)
         self._events: dict[str, list[CreditEvent]] = {}
 
@@ -61,9 +61,9 @@ class CreditAppends:
     def flush(self) -> None:
         if not self._events:
             return
-        versions = self._store.versions(self.conn, list(self._events))
+        versions = self._store.versions(self._conn, list(self._events))
         self._store.append_many(
-            self.conn,
+            self._conn,
             [
                 StreamAppend(stream_id, versions[stream_id], [stored_credit(e) for e in events])
                 for stream_id, events in self._events.items()
