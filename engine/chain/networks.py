@@ -26,8 +26,8 @@ from engine.chain.backend_errors import UnknownNetwork
 # How long a sent transaction may wait unmined on a healthy node before the transaction manager
 # calls it stuck and replaces it with a fee bump. A public mempool can hold a fairly priced
 # transaction for several blocks when demand spikes; a local node mines on arrival (or every
-# block_time_s), so one left in its pool is a node hiccup (anvil, given a JSON-RPC batch of
-# sends, has been seen to mine all but the last until something else arrives), not a market.
+# block_time_s), so one left in its pool is a node hiccup, not a market (anvil, given a JSON-RPC
+# batch of sends, once mined all but the last, and nothing after it, until the bump replaced it).
 STUCK_AFTER_S_PUBLIC = 60
 STUCK_AFTER_S_LOCAL = 3
 

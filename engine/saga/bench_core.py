@@ -57,9 +57,8 @@ from engine.store.schema import events
 PAYMENTS_DEFAULT: Final = 1000
 # Payments open at once: about a second of checkouts at the target rate. Every engine step has
 # a fixed cost (a mirror poll's statements and round trips, about 47 ms on anvil + PostgreSQL)
-# that more payments per step share, while the capture lag stays well inside its second:
-# measured on a 2-core machine, 1,000 payments, 300 open gave 418-464 payments/s (p99 lag
-# 0.26-0.29 s), 450 gave 520-553 (0.31-0.36 s), 600 gave 582-641 (0.33-0.44 s).
+# that more payments per step share, while the capture lag stays well inside its second (the
+# README's Throughput section has the figures for 300, 600 and all at once).
 IN_FLIGHT_DEFAULT: Final = 600
 # How often the shop looks for posted entries while workers run the engine.
 SHOP_POLL_S: Final = 0.02
@@ -146,10 +145,10 @@ def settle_payments(
         step()
         authorized, captured = booked.since_last_look()
         seen = time.perf_counter()
-        settled = [seen - to_capture.pop(pid) for pid in captured if pid in to_capture]
-        if settled:
-            lags.extend(settled)
-            load.settled(len(settled))
+        captured_lags = [seen - to_capture.pop(pid) for pid in captured if pid in to_capture]
+        if captured_lags:
+            lags.extend(captured_lags)
+            load.settled(len(captured_lags))
         authorized &= to_authorize
         to_authorize -= authorized
         captures = [
@@ -318,7 +317,7 @@ def cmd_bench_core(
             db_url,
             window,
             single_process=single_process,
-            settled=lambda backend, settled: bar.update(tasks[backend], advance=settled),
+            settled=lambda backend, count: bar.update(tasks[backend], advance=count),
         )
     for name, figures in result["backends"].items():
         print(

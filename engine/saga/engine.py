@@ -21,7 +21,6 @@ from engine.chain.binding import bind
 from engine.chain.indexer import Indexer
 from engine.chain.localnet import LocalDeployment, deploy_local
 from engine.chain.tx_fees import FeePolicy
-from engine.chain.tx_rpc import rpc_for
 from engine.chain.txmanager import SystemClock, TxManager, TxManagerConfig
 from engine.saga.commands import PaymentService
 from engine.saga.mirror import ChainMirror
@@ -103,7 +102,7 @@ class SettlementEngine:
         self.outbox = Outbox(self.db)
         self.txmanager = TxManager(
             self.db,
-            rpc_for(backend.w3),
+            backend.rpc,  # one connection for the clock and the transactions
             # The operator sends the batches, the arbiter the dispute calls: one lane each.
             [self.deployment.operator.account, self.deployment.arbiter.account],
             TxManagerConfig(

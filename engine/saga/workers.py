@@ -58,13 +58,9 @@ RETRY_WAIT_S_LAST: Final = 5.0
 FAILURES_IN_A_ROW_MAX: Final = 70
 PASSING_ERRORS: Final = (RpcUnavailable, OperationalError, ConcurrencyConflict)
 
-# What wakes a worker of each role: operations enqueued (the sagas' timers wait for the poll),
-# and the node taking transactions, whose logs the mirror reads.
-WAKE_CHANNELS: Final = {
-    Role.SAGAS: OUTBOX_CHANNEL,
-    Role.RELAY: OUTBOX_CHANNEL,
-    Role.MIRROR: SENT_CHANNEL,
-}
+# What wakes a worker of each role: operations enqueued, and the node taking transactions,
+# whose logs the mirror reads. The sagas' timers and steps wait for the idle poll.
+WAKE_CHANNELS: Final = {Role.RELAY: OUTBOX_CHANNEL, Role.MIRROR: SENT_CHANNEL}
 
 _log = logging.getLogger(__name__)
 
@@ -113,7 +109,9 @@ def run_worker(spec: WorkerSpec, ready: Connection, stop: Connection) -> None:
         roles=spec.roles,
     )
     roles = ", ".join(sorted(spec.roles))
-    wakeup = Wakeup(spec.db_url, {WAKE_CHANNELS[role] for role in spec.roles})
+    wakeup = Wakeup(
+        spec.db_url, {WAKE_CHANNELS[role] for role in spec.roles if role in WAKE_CHANNELS}
+    )
     failures = idle_steps = 0
     try:
         ready.send(True)

@@ -354,9 +354,9 @@ def test_a_batch_whose_nonce_another_transaction_took_goes_again_as_a_new_one(
 def test_a_batch_the_node_keeps_unmined_is_replaced_within_seconds_and_settles(
     anvil_process: AnvilProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """anvil, given a JSON-RPC batch of sends, has been seen to keep the last one in its pool
-    unmined until something else arrived: a payment stalled for the public chains' minute
-    before its batch was bumped. On a node that mines on arrival the engine calls a batch
+    """anvil, given a JSON-RPC batch of sends, once kept the last one in its pool unmined, and
+    the next transaction behind it: a payment stalled for the public chains' minute until the
+    fee bump replaced the batch. On a node that mines on arrival the engine calls a batch
     stuck after seconds, and the replacement (same nonce, higher fees) settles it."""
     backend: ChainBackend = AnvilBackend(anvil_process)
     snapshot = backend.snapshot()
