@@ -43,11 +43,18 @@ IN_FLIGHT = 15
 
 @pytest.fixture
 def shop(postgres_admin: Engine, anvil_process: AnvilProcess) -> Iterator[SettlementEngine]:
-    """An engine with no roles of its own: it accepts commands, as the API's process would."""
-    with scratch_schema(postgres_admin, "test") as url:
-        engine = SettlementEngine(url, AnvilBackend(anvil_process), roles=frozenset())
-        yield engine
-        engine.close()
+    """An engine with no roles of its own: it accepts commands, as the API's process would.
+    The session's node goes back to where it was: the blocks a run mines would otherwise
+    move every later deployment on it (the indexer tests read from block 0)."""
+    backend = AnvilBackend(anvil_process)
+    snapshot = backend.snapshot()
+    try:
+        with scratch_schema(postgres_admin, "test") as url:
+            engine = SettlementEngine(url, backend, roles=frozenset())
+            yield engine
+            engine.close()
+    finally:
+        backend.revert(snapshot)
 
 
 @pytest.mark.postgres
