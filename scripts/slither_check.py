@@ -1,7 +1,8 @@
 """Slither over the escrow, compiled exactly as its artifacts are; fails on untriaged findings.
 
 Runs in .venv-tools (`make slither`), because slither pins a web3 the engine cannot use, so it may
-not import `engine`: the project venv writes the compiler input that engine/chain/compiler.py
+not import `engine`: the project venv writes the compiler input that
+engine/chain/contracts/compiler.py
 builds (same sources, solc 0.8.30, viaIR, optimizer runs, evmVersion, remappings), and the same
 solc-js shim compiles it. A High or Medium finding whose primary location is in the escrow fails
 the check unless docs/slither-triage.md explains it; everything else is printed and passes.
@@ -33,7 +34,7 @@ from slither.solc_parsing.declarations.contract import ContractSolc
 
 PROJECT_ROOT: Final = Path(__file__).resolve().parents[1]
 PROJECT_PYTHON: Final = PROJECT_ROOT / ".venv" / "bin" / "python"
-SOLC_SHIM: Final = PROJECT_ROOT / "engine" / "chain" / "solc_shim.js"
+SOLC_SHIM: Final = PROJECT_ROOT / "engine" / "chain" / "contracts" / "solc_shim.js"
 TRIAGE_FILE: Final = PROJECT_ROOT / "docs" / "slither-triage.md"
 TARGET_FILE: Final = "contracts/SettlementEscrow.sol"
 OWN_SOURCES_PREFIX: Final = "contracts/"
@@ -44,7 +45,7 @@ INPUT_DUMP_TIMEOUT_S: Final = 120
 VERDICTS: Final = ("false positive", "accepted")
 
 _DUMP_INPUT: Final = (
-    "import json, sys; from engine.chain.compiler import standard_json_input; "
+    "import json, sys; from engine.chain.contracts.compiler import standard_json_input; "
     "json.dump(standard_json_input(), sys.stdout)"
 )
 # A triage row: | `detector-id` | `Contract.function` | verdict | reason |

@@ -1,3 +1,9 @@
-"""Fixtures for the whole suite: chain backends (both EVMs) and databases (SQLite, PostgreSQL)."""
+"""Fixtures for the whole suite, from tests/fixtures/: chain backends (both EVMs), databases
+(SQLite, PostgreSQL), local escrow deployments and settlement engines."""
 
-pytest_plugins = ["tests.chain.conftest_backends", "tests.store.db_fixtures"]
+pytest_plugins = [
+    "tests.fixtures.chains",
+    "tests.fixtures.databases",
+    "tests.fixtures.deployments",
+    "tests.fixtures.engines",
+]

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from engine.chain.backend_errors import UnknownNetwork
+from engine.chain.errors import UnknownNetwork
 
 # How long a sent transaction may wait unmined on a healthy node before the transaction manager
 # calls it stuck and replaces it with a fee bump. A public mempool can hold a fairly priced

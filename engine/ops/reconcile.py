@@ -46,10 +46,10 @@ from web3.contract import Contract
 from web3.providers.base import JSONBaseProvider
 from web3.types import FilterParams, LogReceipt
 
-from engine.chain import escrow_events as chain
 from engine.chain.binding import check_binding
+from engine.chain.contracts import logs as chain
+from engine.chain.contracts.escrow import ESCROW_NAME, bind, erc20
 from engine.chain.errors import ChainError
-from engine.chain.escrow import ESCROW_NAME, bind, erc20
 from engine.domain.events import (
     REASON_LENGTH_MAX,
     Authorized,

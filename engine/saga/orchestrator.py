@@ -30,7 +30,7 @@ from engine.domain.errors import DomainError
 from engine.domain.events import Party
 from engine.domain.ids import PaymentTerms
 from engine.domain.payment import Payment
-from engine.saga.commands import CommandConflict, CommandError, CommandOutcome
+from engine.pipeline.commands import CommandConflict, CommandError, CommandOutcome
 from engine.store.db import Database
 from engine.store.event_store import Json, canonical_json
 from engine.store.projections import load

@@ -137,7 +137,7 @@ chain_binding = Table(
 
 # transaction manager
 # Signer lanes, the transactions sent through them, every signed broadcast attempt, and an
-# append-only status history (engine/chain/txmanager.py). A lane's next_nonce and the
+# append-only status history (engine/chain/txmanager/manager.py). A lane's next_nonce and the
 # transaction row that takes it are written in one SQL transaction, so a nonce is handed out
 # once and survives restarts.
 
@@ -239,7 +239,8 @@ tx_history = Table(
 
 
 # indexer
-# The escrow log indexer (engine/chain/indexer.py): a checkpoint per (chain, escrow), the hashes
+# The escrow log indexer (engine/chain/indexer/log_indexer.py): a checkpoint per (chain,
+# escrow), the hashes
 # of the blocks it scanned (a bounded recent window, enough to find a reorg's fork point), every
 # escrow log it read with the stage it reached, the notices it hands to its consumer in order,
 # and each consumer's record of the notices it applied, written in the consumer's own

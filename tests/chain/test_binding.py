@@ -12,7 +12,7 @@ from sqlalchemy import update
 from web3 import HTTPProvider, Web3
 from web3.types import RPCEndpoint
 
-from engine.chain.anvil import AnvilConfig, AnvilProcess
+from engine.chain.backends.anvil import AnvilConfig, AnvilProcess
 from engine.chain.binding import (
     ChainMismatch,
     ChainUnbound,

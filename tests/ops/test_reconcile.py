@@ -7,11 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from engine.chain.anvil import AnvilProcess
 from engine.chain.backends import AnvilBackend, EmbeddedBackend
+from engine.chain.backends.anvil import AnvilProcess
 from engine.chain.binding import bind
-from engine.chain.escrow import terms_tuple
-from engine.chain.localnet import UNIT, LocalDeployment, deploy_local
+from engine.chain.contracts.escrow import terms_tuple
 from engine.domain.events import (
     Authorized,
     Captured,
@@ -32,6 +31,7 @@ from engine.store.ledger_entries import EntryState, NewEntry, Transfer
 from engine.store.ledger_events import entry_for
 from engine.store.projections import load, project, stored_form
 from engine.store.replay import verify_replay
+from engine.tools.localnet import UNIT, LocalDeployment, deploy_local
 from tests.store.test_replay import book
 
 FEE_BPS = 100

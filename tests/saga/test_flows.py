@@ -8,9 +8,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from engine.chain.escrow import terms_tuple
-from engine.chain.localnet import AUTHORIZATION_WINDOW_S
-from engine.saga.engine import SettlementEngine
+from engine.chain.contracts.escrow import terms_tuple
+from engine.pipeline.engine import SettlementEngine
 from engine.saga.flows import (
     EXPIRY_TIMER,
     ExpiryPolicy,
@@ -22,7 +21,8 @@ from engine.saga.flows import (
 )
 from engine.saga.orchestrator import Orchestrator, SignalRejected
 from engine.store.schema import saga_timers
-from tests.saga.saga_support import (
+from engine.tools.localnet import AUTHORIZATION_WINDOW_S
+from tests.fixtures.pipeline_support import (
     AMOUNT,
     FEE_BPS,
     assert_books_match_chain,

@@ -10,12 +10,12 @@ from sqlalchemy import select
 
 from engine.domain.events import Party
 from engine.domain.ids import PaymentTerms
-from engine.saga.commands import CommandConflict, CommandOutcome, PaymentService
-from engine.saga.engine import SettlementEngine
+from engine.pipeline.commands import CommandConflict, CommandOutcome, PaymentService
+from engine.pipeline.engine import SettlementEngine
 from engine.saga.flows import start_direct_checkout
 from engine.saga.orchestrator import Orchestrator, RetryPolicy
 from engine.store.schema import saga_steps, saga_timers
-from tests.saga.saga_support import (
+from tests.fixtures.pipeline_support import (
     AMOUNT,
     FEE_BPS,
     books,

@@ -1,0 +1,36 @@
+"""The engine's own loop drives sagas: no caller ticks an orchestrator, yet a checkout started
+on the engine's orchestrator is held, captured and booked by ``run_until_quiescent``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from engine.chain.backends import EmbeddedBackend
+from engine.pipeline.engine import SettlementEngine
+from tests.fixtures.pipeline_support import AMOUNT, books, checkout, payment_of, steps_of
+
+
+@pytest.fixture
+def driving_engine(db_url: str) -> Iterator[SettlementEngine]:
+    with EmbeddedBackend() as backend:
+        settlement = SettlementEngine(db_url, backend)
+        yield settlement
+        settlement.close()
+
+
+def test_the_engine_loop_runs_a_checkout_saga_to_its_end(
+    driving_engine: SettlementEngine,
+) -> None:
+    engine = driving_engine
+    checkout(engine, engine.orchestrator, "co-loop", auto_capture=True)
+
+    engine.run_until_quiescent()
+
+    assert engine.orchestrator.status("co-loop") == ("completed", "captured")
+    assert books(payment_of(engine, "co-loop")) == ("succeeded", AMOUNT, 0)
+    assert steps_of(engine, "co-loop") == [
+        ("create", "forward", "done"),
+        ("capture", "forward", "done"),
+    ]
