@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.databases",
     "tests.fixtures.deployments",
     "tests.fixtures.engines",
+    "tests.fixtures.solvency",
 ]

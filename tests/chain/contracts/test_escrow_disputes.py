@@ -4,21 +4,15 @@ is repaid and the amount becomes refundable again)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from engine.chain.contracts.escrow import terms_tuple
 from engine.domain.ids import PaymentTerms
 from engine.domain.money import ZERO_ADDRESS
 from engine.tools.localnet import UNIT, LocalDeployment
-from tests.fixtures.solvency import Balances, assert_solvent, captured, emitted, reverts_with
+from tests.fixtures.solvency import Balances, captured, emitted, reverts_with
 
-
-@pytest.fixture(autouse=True)
-def _escrow_stays_solvent(world: LocalDeployment) -> Iterator[None]:
-    yield
-    assert_solvent(world)
+pytestmark = pytest.mark.usefixtures("escrow_stays_solvent")
 
 
 def open_dispute(

@@ -4,24 +4,19 @@ the balance of every party, and the escrow is solvent after every test."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from eth_utils import to_checksum_address
 
 from engine.chain.contracts.escrow import ContractReverted, Leg, Method, legs_tuple, terms_tuple
 from engine.domain.money import ZERO_ADDRESS
 from engine.tools.localnet import UNIT, LocalDeployment
-from tests.fixtures.solvency import Balances, assert_solvent, emitted
+from tests.fixtures.solvency import Balances, emitted
 
 LEDGER = to_checksum_address("0x" + "1e" * 20)
 RESERVE = to_checksum_address("0x" + "2e" * 20)
 
 
-@pytest.fixture(autouse=True)
-def _escrow_stays_solvent(world: LocalDeployment) -> Iterator[None]:
-    yield
-    assert_solvent(world)
+pytestmark = pytest.mark.usefixtures("escrow_stays_solvent")
 
 
 def test_partial_captures_split_fee_and_merchant_share_and_advance_the_sequence(

@@ -6,7 +6,7 @@ disputes in test_escrow_disputes.py, signatures in test_escrow_signatures.py."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
 
@@ -18,7 +18,7 @@ from engine.chain.contracts.escrow import Leg, Method, legs_tuple, terms_tuple
 from engine.domain.ids import PaymentTerms
 from engine.domain.money import ZERO_ADDRESS
 from engine.tools.localnet import UNIT, LocalDeployment
-from tests.fixtures.solvency import assert_solvent, captured, reverts_with
+from tests.fixtures.solvency import captured, reverts_with
 
 LEDGER = to_checksum_address("0x" + "1e" * 20)
 
@@ -32,10 +32,7 @@ OPERATIONS: dict[str, Operation] = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _escrow_stays_solvent(world: LocalDeployment) -> Iterator[None]:
-    yield
-    assert_solvent(world)
+pytestmark = pytest.mark.usefixtures("escrow_stays_solvent")
 
 
 def raw_terms(terms: PaymentTerms, **changes: Any) -> tuple[Any, ...]:

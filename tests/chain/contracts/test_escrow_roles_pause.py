@@ -4,21 +4,16 @@ settling, refunding and the payer's exit go on."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from engine.chain.contracts.escrow import Method, terms_tuple
 from engine.tools.localnet import UNIT, LocalDeployment
-from tests.fixtures.solvency import Balances, assert_solvent, emitted, reverts_with
+from tests.fixtures.solvency import Balances, emitted, reverts_with
 
 DEFAULT_ADMIN_ROLE = bytes(32)
 
 
-@pytest.fixture(autouse=True)
-def _escrow_stays_solvent(world: LocalDeployment) -> Iterator[None]:
-    yield
-    assert_solvent(world)
+pytestmark = pytest.mark.usefixtures("escrow_stays_solvent")
 
 
 def role(world: LocalDeployment, name: str) -> bytes:

@@ -5,7 +5,6 @@ reset to zero wherever a test must prove the pull did not ride on a standing app
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,15 +15,12 @@ from web3.types import TxReceipt
 from engine.chain.contracts.escrow import Method, erc3009_auth, permit_auth, terms_tuple
 from engine.domain.ids import TERMS_SOLIDITY_FIELDS, PaymentTerms
 from engine.tools.localnet import UNIT, LocalDeployment
-from tests.fixtures.solvency import Balances, assert_solvent, emitted, reverts_with
+from tests.fixtures.solvency import Balances, emitted, reverts_with
 
 VALIDITY_S = 3600
 
 
-@pytest.fixture(autouse=True)
-def _escrow_stays_solvent(world: LocalDeployment) -> Iterator[None]:
-    yield
-    assert_solvent(world)
+pytestmark = pytest.mark.usefixtures("escrow_stays_solvent")
 
 
 def revoke_allowance(world: LocalDeployment) -> None:
