@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import ClassVar
-from urllib.parse import urlsplit
+
+from engine.store.redaction import redact_url as shown_url
 
 
 class ChainError(Exception):
@@ -151,15 +152,6 @@ class TimestampNotIncreasing(ChainBackendError):
 
 
 GWEI = 10**9
-
-
-def shown_url(url: str) -> str:
-    """Scheme, host and port only: providers put API keys in the path, query or userinfo."""
-    parts = urlsplit(url)
-    if not parts.hostname:
-        return "the configured provider"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.hostname}{port}"
 
 
 def _gwei(wei: int) -> str:

@@ -7,7 +7,6 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Final
-from urllib.parse import urlsplit
 
 import requests
 from web3 import HTTPProvider, Web3
@@ -16,6 +15,7 @@ from engine.chain.backends import anvil
 from engine.chain.errors import ChainIdMismatch
 from engine.chain.networks import Network
 from engine.deploy.errors import RpcUnreachable, RpcUrlMissing
+from engine.store.redaction import redact_url as shown_url
 
 RPC_TIMEOUT_S: Final = 30
 
@@ -32,14 +32,6 @@ def default_rpc_url(network: Network, environ: Mapping[str, str] = os.environ) -
             f"no RPC URL for {network.name}: pass --rpc-url or set {network.rpc_env_var}"
         )
     return url
-
-
-def shown_url(url: str) -> str:
-    """The URL without what may be a secret: hosted RPC URLs carry API keys in the path."""
-    parts = urlsplit(url)
-    port = f":{parts.port}" if parts.port else ""
-    hidden = "/…" if parts.path.strip("/") or parts.query else ""
-    return f"{parts.scheme}://{parts.hostname or ''}{port}{hidden}"
 
 
 @contextmanager

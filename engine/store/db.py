@@ -32,6 +32,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     select,
     text,
     tuple_,
@@ -39,7 +40,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, ProgrammingError
+
+from engine.store.redaction import redact_url
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -56,6 +59,8 @@ _MIGRATION_LOCK_KEY = 0x736574746C650002
 _SNAPSHOT_OPTION = "settle_snapshot"
 # conn.info key: the transaction that holds the append lock (PostgreSQL).
 _APPEND_LOCK_HELD = "settle_append_lock_held"
+# Alembic's bookkeeping table: present once `upgrade` has run.
+_ALEMBIC_VERSION_TABLE = "alembic_version"
 
 
 class UnsupportedDatabase(ValueError):
@@ -64,20 +69,55 @@ class UnsupportedDatabase(ValueError):
     code = "unsupported_database"
 
 
+class DatabaseUrlInvalid(UnsupportedDatabase):
+    """The URL cannot be parsed at all (a stray character, a port that is not a number)."""
+
+    code = "database_url_invalid"
+
+
+class DatabaseMissing(Exception):
+    """The URL names a database that does not exist: a SQLite file that is not there (a typo,
+    most often) or a PostgreSQL database the server does not have. Only `upgrade` creates one;
+    every other opener refuses, so a typo never leaves an empty database behind."""
+
+    code = "database_missing"
+
+
+class DatabaseUnreachable(Exception):
+    """The PostgreSQL server refused the connection, or is not there."""
+
+    code = "database_unreachable"
+
+
+class DatabaseNotMigrated(Exception):
+    """The database exists but holds no engine schema yet."""
+
+    code = "database_not_migrated"
+
+
+def _upgrade_hint(url: str) -> str:
+    return f"`settle db upgrade --db {redact_url(url)}` (password, if any, as in your URL)"
+
+
 def normalise_url(url: str) -> URL:
     """Parse a database URL and pin the driver the engine is tested with.
 
     A plain `postgresql://` (or Heroku-style `postgres://`) URL would make SQLAlchemy pick
     psycopg2, which is not installed; psycopg 3 is.
     """
-    parsed = make_url(url)
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise DatabaseUrlInvalid(
+            "cannot read the database URL: use sqlite:///PATH or postgresql://USER@HOST/DB"
+        ) from None
     if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
         return parsed
     if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg"):
         return parsed.set(drivername="postgresql+psycopg")
-    shown = parsed.render_as_string(hide_password=True)
     raise UnsupportedDatabase(
-        f"unsupported database URL {shown}: use sqlite:///PATH or postgresql://USER@HOST/DB"
+        f"unsupported database URL {redact_url(url)}: use sqlite:///PATH or "
+        "postgresql://USER@HOST/DB"
     )
 
 
@@ -375,22 +415,123 @@ def scratch_schema(admin: Engine, prefix: str) -> Iterator[str]:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
 
 
-def open_database(url: str) -> Database:
-    """Open `url` (SQLite file or PostgreSQL); the schema must be migrated with `upgrade`."""
+def open_database(url: str, *, create: bool = True) -> Database:
+    """Open `url` (SQLite file or PostgreSQL); the schema must be migrated with `upgrade`.
+
+    A PostgreSQL server is asked once here, so a wrong URL fails now with DatabaseMissing or
+    DatabaseUnreachable rather than as a driver error in the middle of a command. Without
+    `create`, a SQLite file that is not there is DatabaseMissing instead of a new empty file
+    (and folder): read-only commands must not leave a database behind a typo'd path.
+    """
     parsed = normalise_url(url)
     if parsed.get_backend_name() == "sqlite":
+        path = _sqlite_path(parsed)
+        if not create and path is not None and not path.is_file():
+            raise DatabaseMissing(
+                f"no SQLite database at {path}: check --db, or create one with "
+                f"{_upgrade_hint(url)}"
+            )
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         return Database(_sqlite_engine(parsed))
-    return Database(create_engine(parsed))
+    engine = create_engine(parsed)
+    try:
+        with engine.connect():
+            pass
+    except OperationalError as error:
+        engine.dispose()
+        raise _connection_error(url, parsed, error) from None
+    return Database(engine)
+
+
+def open_migrated(url: str) -> Database:
+    """Open an existing database that holds the engine's schema, creating nothing: what the
+    read-only commands (audit, outbox list, reconcile, replay) open."""
+    database = open_database(url, create=False)
+    try:
+        with database.snapshot() as conn:
+            migrated = inspect(conn).has_table(_ALEMBIC_VERSION_TABLE)
+    except BaseException:
+        database.dispose()
+        raise
+    if not migrated:
+        database.dispose()
+        raise DatabaseNotMigrated(
+            f"{redact_url(url)} holds no engine schema yet: run {_upgrade_hint(url)}"
+        )
+    return database
+
+
+def create_postgresql_database(url: str) -> bool:
+    """Create the PostgreSQL database `url` names, through the server's `postgres` database;
+    False when it already exists (another upgrade may have raced us to it)."""
+    parsed = normalise_url(url)
+    assert parsed.get_backend_name() == "postgresql", "SQLite files are created on open"
+    name = parsed.database
+    if not name:
+        raise DatabaseUrlInvalid(f"{redact_url(url)} names no database: add /NAME to the URL")
+    admin = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            if conn.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+            ).first():
+                return False
+            quoted = conn.dialect.identifier_preparer.quote(name)
+            conn.execute(text(f"CREATE DATABASE {quoted}"))
+        return True
+    except OperationalError as error:
+        raise _connection_error(url, parsed, error) from None
+    except ProgrammingError as error:
+        if "already exists" in str(error.orig):
+            return False
+        raise
+    finally:
+        admin.dispose()
+
+
+def _sqlite_path(url: URL) -> Path | None:
+    """The file a SQLite URL names; None for an in-memory database."""
+    if not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database)
+
+
+def _connection_error(
+    url: str, parsed: URL, error: OperationalError
+) -> DatabaseMissing | DatabaseUnreachable:
+    # psycopg reports a failed connection without a SQLSTATE; the server's FATAL message is
+    # the only place that tells a missing database from a refused connection.
+    message = str(error.orig or error)
+    if f'database "{parsed.database}" does not exist' in message:
+        return DatabaseMissing(
+            f"the PostgreSQL server has no database {parsed.database!r}: check --db, or "
+            f"create it with {_upgrade_hint(url)}"
+        )
+    first_line = message.strip().splitlines()[0]
+    reason = first_line.rsplit("failed: ", 1)[-1].strip()
+    return DatabaseUnreachable(
+        f"cannot connect to PostgreSQL at {redact_url(url)} ({reason}): check that the server "
+        "runs and that --db names its host, port and user"
+    )
 
 
 def upgrade(url: str) -> None:
     """Migrate the database at `url` to the newest schema; a no-op when it is already there.
+    A missing database is created first: a SQLite file (and its folder), or a PostgreSQL
+    database on its server.
 
     Runs in one transaction (DDL is transactional on both backends), so a failed migration
     leaves the previous schema intact. Concurrent callers on PostgreSQL queue on an advisory
     lock instead of racing to create the same tables.
     """
-    database = open_database(url)
+    try:
+        database = open_database(url)
+    except DatabaseMissing:
+        # Only PostgreSQL says so here (open creates a SQLite file): make the database, as
+        # `settle db upgrade` promises, then open it.
+        create_postgresql_database(url)
+        database = open_database(url)
     try:
         with database.transaction() as conn:
             if database.dialect == "postgresql":
@@ -406,8 +547,6 @@ def upgrade(url: str) -> None:
 
 
 def _sqlite_engine(url: URL) -> Engine:
-    if url.database and url.database != ":memory:":
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url)
 
     @event.listens_for(engine, "connect")
