@@ -32,9 +32,6 @@ provider reports, compared with the payment's projection.
 
 from __future__ import annotations
 
-import json
-import os
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, cast
@@ -46,7 +43,6 @@ from web3.contract import Contract
 from web3.providers.base import JSONBaseProvider
 from web3.types import FilterParams, LogReceipt
 
-from engine.chain.binding import check_binding
 from engine.chain.contracts import logs as chain
 from engine.chain.contracts.escrow import ESCROW_NAME, bind, erc20
 from engine.chain.errors import ChainError
@@ -66,7 +62,7 @@ from engine.domain.events import (
 from engine.domain.money import Leg
 from engine.domain.payment import Payment, apply, decide_resolve_conflict, start
 from engine.store import projections
-from engine.store.db import Database, open_database
+from engine.store.db import Database
 from engine.store.event_store import ConcurrencyConflict, EventStore
 from engine.store.ledger import LIVE_TABLES, Ledger
 from engine.store.ledger_accounts import ESCROW_KINDS, AccountKind, AssetKey
@@ -505,35 +501,3 @@ def _chain_facts(
                 resolved = DisputeResolved(payment_id=pid, at=now, winner=winner)
                 facts.append((resolved, dispute_funder))
     return facts
-
-
-# ── command line ─────────────────────────────────────────────────────────────────────────
-
-
-def cmd_reconcile(db_url: str, as_json: bool, repair: bool, rpc_url: str | None = None) -> int:
-    """`settle reconcile --db URL [--repair] [--json]`: exit 0 when every item matches.
-
-    The chain is reached at ``rpc_url`` or, without it, ``$SETTLE_RPC_URL``; the database's
-    chain binding names the escrow, and is checked against what the RPC serves."""
-    url = rpc_url or os.environ.get(RPC_URL_ENV)
-    if not url:
-        raise RpcUrlMissing(f"reconciliation reads the chain: pass --rpc-url or set {RPC_URL_ENV}")
-    w3 = Web3(Web3.HTTPProvider(url))
-    database = open_database(db_url)
-    try:
-        binding = check_binding(database, w3)
-        target = ChainTarget(w3, binding.chain_id, binding.escrow_address)
-        report = reconcile(database, target, now=int(time.time()), repair=repair)
-    finally:
-        database.dispose()
-    if as_json:
-        print(json.dumps(report.to_json()))
-    else:
-        print(f"{report.matched} matched, {report.mismatched} mismatched")
-        for mismatch in report.details:
-            print(f"  {mismatch.to_json()}")
-        if report.repaired:
-            print(f"repaired from chain logs: {', '.join(report.repaired)}")
-        if report.resolved:
-            print(f"no longer conflicted: {', '.join(report.resolved)}")
-    return 0 if report.mismatched == 0 else 1

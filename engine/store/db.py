@@ -96,7 +96,8 @@ class DatabaseNotMigrated(Exception):
 
 
 def _upgrade_hint(url: str) -> str:
-    return f"`settle db upgrade --db {redact_url(url)}` (password, if any, as in your URL)"
+    hint = f"`settle db upgrade --db {redact_url(url)}`"
+    return hint + (" (with your password)" if make_url(url).password else "")
 
 
 def normalise_url(url: str) -> URL:
@@ -428,8 +429,7 @@ def open_database(url: str, *, create: bool = True) -> Database:
         path = _sqlite_path(parsed)
         if not create and path is not None and not path.is_file():
             raise DatabaseMissing(
-                f"no SQLite database at {path}: check --db, or create one with "
-                f"{_upgrade_hint(url)}"
+                f"no SQLite database at {path}: check --db, or create one with {_upgrade_hint(url)}"
             )
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)

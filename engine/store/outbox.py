@@ -24,25 +24,18 @@ Times are int unix seconds passed in by the caller, like every other time in the
 from __future__ import annotations
 
 import json
-import sys
-import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 from sqlalchemy import Connection, and_, exists, func, insert, or_, select, update
 
 from engine.store.db import (
     Database,
-    UnsupportedDatabase,
     insert_rows,
     notify,
     one_of,
-    open_database,
 )
 from engine.store.event_store import (
     PAYLOAD_BYTES_MAX,
@@ -68,8 +61,6 @@ LIST_LIMIT_MAX = 10_000
 HISTORY_LIMIT_MAX = 1_000
 # Longer error texts are cut: a failure must always be recordable, whatever the caller caught.
 ERROR_LENGTH_MAX = 2_000
-# The most rows `settle outbox list` prints; it says when there are more.
-CLI_ROWS_MAX = 1_000
 _TIME_LIMIT = 2**63
 # Op ids one statement binds: well inside every backend's parameter limit.
 _OPS_PER_QUERY_MAX = 500
@@ -613,80 +604,8 @@ class Outbox:
         return _outbox_row(row._mapping)
 
 
-def cmd_outbox_list(db_url: str, status: str | None, as_json: bool) -> int:
-    """`settle outbox list [--status S]`: the operations, oldest first, and the lag.
-
-    Returns 0, or 2 after printing `error[code]: message` when the input is unusable.
-    """
-    try:
-        wanted = None if status is None else _parse_status(status)
-        database = open_database(db_url)
-        try:
-            with database.snapshot() as conn:
-                store = Outbox(database)
-                rows = store.list_rows(conn, wanted, CLI_ROWS_MAX + 1)
-                lag = store.lag(conn, int(time.time()))
-        finally:
-            database.dispose()
-    except (StoreError, UnsupportedDatabase) as error:
-        print(f"error[{error.code}]: {error}", file=sys.stderr)
-        return 2
-    truncated = len(rows) > CLI_ROWS_MAX
-    rows = rows[:CLI_ROWS_MAX]
-    if as_json:
-        report = {
-            "operations": [row.to_dict() for row in rows],
-            "truncated": truncated,
-            "lag": lag.to_dict(),
-        }
-        print(json.dumps(report))
-        return 0
-    console = Console(soft_wrap=True)
-    table = Table(title=f"outbox: {status or 'all'} operations, oldest first")
-    for column in ("op id", "payment", "kind", "status", "attempts", "available at", "error"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(
-            escape(row.op_id),
-            escape(row.payment_key),
-            escape(row.kind),
-            row.status.value,
-            str(row.attempts),
-            str(row.available_at),
-            escape(row.last_error or ""),
-        )
-    console.print(table)
-    if truncated:
-        console.print(f"[yellow]only the first {CLI_ROWS_MAX} are shown[/yellow]")
-    console.print(
-        f"{lag.pending} pending, {lag.in_flight} in flight, {lag.dead} dead; "
-        f"oldest undelivered due {lag.oldest_pending_age_s} s ago"
-    )
-    return 0
-
-
-def cmd_outbox_retry(db_url: str, op_id: str) -> int:
-    """`settle outbox retry OP_ID`: put a dead letter back to pending.
-
-    Returns 0, or 2 after printing `error[code]: message` (unknown or not a dead letter).
-    """
-    try:
-        database = open_database(db_url)
-        try:
-            with database.transaction() as conn:
-                row = Outbox(database).retry(conn, op_id, int(time.time()))
-        finally:
-            database.dispose()
-    except (StoreError, UnsupportedDatabase) as error:
-        print(f"error[{error.code}]: {error}", file=sys.stderr)
-        return 2
-    Console(soft_wrap=True).print(
-        f"{escape(row.op_id)} ({escape(row.kind)} of {escape(row.payment_key)}) is pending again"
-    )
-    return 0
-
-
-def _parse_status(status: str) -> OutboxStatus:
+def parse_status(status: str) -> OutboxStatus:
+    """The status a user typed, or InvalidOperation naming the ones there are."""
     try:
         return OutboxStatus(status)
     except ValueError:

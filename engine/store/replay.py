@@ -20,7 +20,6 @@ nothing behind and two replays never see each other's tables.
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
@@ -42,7 +41,7 @@ from engine.domain.events import (
 )
 from engine.domain.payment import Payment, apply, start
 from engine.store.credit_streams import credit_event
-from engine.store.db import Database, open_database
+from engine.store.db import Database
 from engine.store.event_store import READ_ALL_LIMIT_MAX, EventStore, InvalidEvent, StoredEvent
 from engine.store.ledger import ENTRIES_PER_CALL_MAX, LIVE_TABLES, Ledger, scratch_tables
 from engine.store.ledger_entries import EntryState, NewEntry
@@ -360,32 +359,11 @@ def _plain(value: object) -> str:
     return str(value.value if hasattr(value, "value") else value)
 
 
-def cmd_replay(db_url: str, verify: bool, as_json: bool) -> int:
-    """`settle replay --db URL --verify [--json]`: exit 0 when replay equals live, 1 if not."""
-    if not verify:
-        print("replay only verifies for now: pass --verify")
-        return 2
-    database = open_database(db_url)
-    try:
-        report = verify_replay(database)
-    finally:
-        database.dispose()
-    if as_json:
-        print(json.dumps(report.to_json()))
-    else:
-        verdict = "identical" if report.identical else "DIFFERENT"
-        print(f"{report.events} events replayed into {report.entries} entries: {verdict}")
-        for difference in report.differences[:DIFFERENCES_SHOWN_MAX]:
-            print(f"  {difference}")
-    return 0 if report.identical else 1
-
-
 __all__ = [
     "HistoryEvent",
     "PaymentHistory",
     "ReplayError",
     "ReplayReport",
-    "cmd_replay",
     "domain_event",
     "payment_histories",
     "payment_nets",

@@ -14,7 +14,6 @@ beforehand through settleBatch and are not timed.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -167,15 +166,3 @@ def _run(manager: TxManager, requests: Sequence[TxRequest]) -> None:
     records = manager.get_many([request.idempotency_key for request in requests])
     failed = [record for record in records if record.status != TxStatus.CONFIRMED]
     assert not failed, failed[:3]
-
-
-def cmd_bench_chain(as_json: bool) -> int:
-    """`settle bench chain [--json]`."""
-    result = measure()
-    if as_json:
-        print(json.dumps(result))
-        return 0
-    naive = result["naive_ops_per_s"]
-    for name, value in result.items():
-        print(f"{name:<27} {value:>10.1f}   {value / naive:>6.1f} x naive")
-    return 0

@@ -25,7 +25,6 @@ PostgreSQL runs in a fresh schema of the given server, dropped afterwards.
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 import time
@@ -35,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from rich.progress import Progress
 from sqlalchemy import create_engine, func, select
 
 from engine.chain.backends import AnvilBackend, ChainBackend, EmbeddedBackend
@@ -51,6 +49,7 @@ from engine.pipeline.commands import (
 from engine.pipeline.engine import SettlementEngine
 from engine.pipeline.workers import relay_and_mirror, running_workers
 from engine.store.db import normalise_url, scratch_schema
+from engine.store.redaction import redact_url
 from engine.store.schema import events
 from engine.tools.localnet import UNIT
 
@@ -86,6 +85,22 @@ class Load:
 
     def __post_init__(self) -> None:
         assert self.payments > 0 and self.in_flight >= 0, self
+
+
+class BenchNeedsPostgresql(ValueError):
+    """`--db` names something other than a PostgreSQL server: the anvil run measures several
+    workers sharing one PostgreSQL, in schemas it creates and drops there."""
+
+    code = "bench_needs_postgresql"
+
+
+def require_postgresql(server_url: str) -> None:
+    """Refuses a URL that is not PostgreSQL's before anything starts."""
+    if normalise_url(server_url).get_backend_name() != "postgresql":
+        raise BenchNeedsPostgresql(
+            f"bench core needs a PostgreSQL server, not {redact_url(server_url)}: pass "
+            "--db postgresql://USER@HOST:PORT/DB (the embedded run uses SQLite by itself)"
+        )
 
 
 class NotSettled(RuntimeError):
@@ -281,47 +296,15 @@ def measure(
     def load(backend: str) -> Load:
         return Load(payments, in_flight, lambda count: settled(backend, count))
 
+    server_url = db_url or POSTGRES_URL_DEFAULT
+    require_postgresql(server_url)
     return to_report(
         {
             ANVIL_POSTGRESQL: bench_anvil_postgresql(
-                db_url or POSTGRES_URL_DEFAULT,
+                server_url,
                 load(ANVIL_POSTGRESQL),
                 single_process=single_process,
             ),
             EMBEDDED_SQLITE: bench_embedded_sqlite(load(EMBEDDED_SQLITE)),
         }
     )
-
-
-def cmd_bench_core(
-    as_json: bool,
-    payments: int | None,
-    db_url: str | None,
-    in_flight: int | None = None,
-    *,
-    single_process: bool = False,
-) -> int:
-    """`settle bench core [--json] [--payments N] [--in-flight N] [--single-process]
-    [--db POSTGRES_URL]`; None takes the defaults above."""
-    count = PAYMENTS_DEFAULT if payments is None else payments
-    window = IN_FLIGHT_DEFAULT if in_flight is None else in_flight
-    if as_json:
-        print(json.dumps(measure(count, db_url, window, single_process=single_process)))
-        return 0
-    with Progress(transient=True) as bar:
-        tasks = {
-            name: bar.add_task(name, total=count) for name in (ANVIL_POSTGRESQL, EMBEDDED_SQLITE)
-        }
-        result = measure(
-            count,
-            db_url,
-            window,
-            single_process=single_process,
-            settled=lambda backend, count: bar.update(tasks[backend], advance=count),
-        )
-    for name, figures in result["backends"].items():
-        print(
-            f"{name:<18} {figures['payments_per_s']:>9.1f} payments/s   "
-            f"posting lag p99 {figures['posting_lag_p99_s']:.3f} s"
-        )
-    return 0

@@ -20,8 +20,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Final
 
-from rich.console import Console
-
 # anvil.probe_chain_id is the readiness probe AnvilProcess uses; shared, not copied.
 from engine.chain.backends import anvil
 from engine.chain.backends.anvil import (
@@ -65,7 +63,7 @@ def chain_up(
     *,
     port: int = DEFAULT_PORT,
     chain_id: int = ANVIL_CHAIN_ID,
-    block_time_s: int | None = None,
+    block_time_s: float | None = None,
 ) -> tuple[RunningChain, bool]:
     """Starts anvil detached; returns it and whether it was started now (False: it ran)."""
     if not 0 < port <= PORT_MAX:
@@ -111,33 +109,6 @@ def chain_down(state_dir: Path = DEFAULT_STATE_DIR) -> RunningChain | None:
         _stop(chain.pid)
     state_path(state_dir).unlink(missing_ok=True)
     return chain
-
-
-def cmd_chain_up(
-    port: int = DEFAULT_PORT, chain_id: int = ANVIL_CHAIN_ID, block_time: int | None = None
-) -> int:
-    """`settle chain up`: prints the URL of the running chain; 0 whether started or found."""
-    chain, started = chain_up(port=port, chain_id=chain_id, block_time_s=block_time)
-    console = Console(soft_wrap=True)
-    mining = f"a block every {chain.block_time_s} s" if chain.block_time_s else "automine"
-    verb = "started" if started else "already running:"
-    console.print(
-        f"anvil {verb} chain id {chain.chain_id}, {mining}, pid {chain.pid} "
-        f"(log: {DEFAULT_STATE_DIR / LOG_FILE_NAME})"
-    )
-    print(chain.url)
-    return 0
-
-
-def cmd_chain_down() -> int:
-    """`settle chain down`: 0 whether a chain was stopped or none was running."""
-    chain = chain_down()
-    console = Console(soft_wrap=True)
-    if chain is None:
-        console.print("no chain is running (nothing started by `settle chain up`)")
-    else:
-        console.print(f"stopped anvil at {chain.url} (pid {chain.pid})")
-    return 0
 
 
 def _spawn(config: AnvilConfig, port: int, state_dir: Path) -> RunningChain:

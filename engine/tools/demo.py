@@ -13,27 +13,29 @@ database must not hold payments of an earlier one.
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Callable
 from typing import Any, Final
 
-from rich.console import Console
-from rich.progress import Progress
-
 from engine.chain.backends import EmbeddedBackend
 from engine.chain.backends.embedded_state import state_path_for
+from engine.domain.status import PaymentStatus
 from engine.ops.reconcile import ChainTarget, reconcile
 from engine.pipeline.engine import SettlementEngine
 from engine.store.db import open_database, upgrade
 from engine.store.event_store import EventStore
 from engine.store.ledger import Ledger
 from engine.store.projections import count_by_status
+from engine.store.redaction import redact_url
 from engine.tools.localnet import UNIT
 
 FEE_BPS: Final = 50
 AMOUNT: Final = 100 * UNIT
 ROUNDS: Final = ("authorize", "capture or void", "refund or release", "summary")
+# Settled: captured, and nothing of it left on hold in the escrow (a partial capture still
+# holds the rest, a canceled or uncaptured payment moved no money to the merchant).
+SETTLED: Final = frozenset(
+    {PaymentStatus.SUCCEEDED, PaymentStatus.PARTIALLY_REFUNDED, PaymentStatus.REFUNDED}
+)
 
 
 class DemoDatabaseInUse(RuntimeError):
@@ -65,7 +67,8 @@ def run_demo(db_url: str, on_round: Callable[[str], None] = lambda _: None) -> d
         database.dispose()
     if existing:
         raise DemoDatabaseInUse(
-            f"{db_url} already holds {existing} payments of an earlier demo; pass a fresh --db"
+            f"{redact_url(db_url)} already holds {existing} payments of an earlier demo; "
+            "pass a fresh --db"
         )
     backend = EmbeddedBackend(state_path_for(db_url))
     try:
@@ -117,57 +120,32 @@ def summary(engine: SettlementEngine) -> dict[str, Any]:
     ledger = Ledger()
     with engine.db.snapshot() as conn:
         by_status = count_by_status(conn)
-        trial = {
-            str(asset): balance.posted for asset, balance in ledger.trial_balance(conn).items()
-        }
+        balances = ledger.trial_balance(conn)
         audit = EventStore(engine.db).verify(conn)
     target = ChainTarget(engine.backend.w3, engine.chain_id, engine.deployment.escrow.address)
     report = reconcile(engine.db, target, now=engine.now())
+    token = engine.deployment.token
+    symbol = str(token.functions.symbol().call())
     return {
-        "payments": {"total": sum(by_status.values()), "by_status": by_status},
-        "ledger": {"trial_balance": trial},
-        "reconciliation": {"matched": report.matched, "mismatched": report.mismatched},
+        "payments": {
+            "total": sum(by_status.values()),
+            "settled": sum(count for status, count in by_status.items() if status in SETTLED),
+            "by_status": by_status,
+        },
+        "assets": {
+            str(asset): {
+                "symbol": symbol if asset.token == token.address else asset.token,
+                "chain_id": asset.chain_id,
+                "token": asset.token,
+            }
+            for asset in balances
+        },
+        "ledger": {"trial_balance": {str(asset): b.posted for asset, b in balances.items()}},
+        "reconciliation": {
+            "matched": report.matched,
+            "mismatched": report.mismatched,
+            "payments": sum(by_status.values()),
+            "assets": len(balances),
+        },
         "audit": {"ok": audit.ok, "streams": audit.streams, "events": audit.events},
     }
-
-
-def cmd_demo_db(db_url: str, as_json: bool) -> int:
-    """`settle demo --db URL [--json]`: exit 0 when the books balance and match the chain,
-    1 when they do not, 2 when the database holds an earlier demo's payments."""
-    try:
-        if as_json:
-            result = run_demo(db_url)
-            print(json.dumps(result))
-        else:
-            console = Console()
-            with Progress(console=console, transient=True) as progress:
-                task = progress.add_task("settling payments", total=len(ROUNDS))
-
-                def advance(round_name: str) -> None:
-                    progress.update(task, description=round_name, advance=1)
-
-                result = run_demo(db_url, advance)
-            _print_summary(console, result)
-    except DemoDatabaseInUse as error:
-        print(f"error[{error.code}]: {error}", file=sys.stderr)
-        return 2
-    sound = (
-        result["audit"]["ok"]
-        and result["reconciliation"]["mismatched"] == 0
-        and all(value == 0 for value in result["ledger"]["trial_balance"].values())
-    )
-    return 0 if sound else 1
-
-
-def _print_summary(console: Console, result: dict[str, Any]) -> None:
-    payments = result["payments"]
-    console.print(f"[bold]{payments['total']} payments[/bold] settled through the escrow")
-    for status, count in sorted(payments["by_status"].items()):
-        console.print(f"  {status:<20} {count}")
-    for asset, total in result["ledger"]["trial_balance"].items():
-        console.print(f"trial balance {asset}: {total}")
-    rec = result["reconciliation"]
-    console.print(f"reconciliation: {rec['matched']} matched, {rec['mismatched']} mismatched")
-    audit = result["audit"]
-    verdict = "intact" if audit["ok"] else "BROKEN"
-    console.print(f"event store: {audit['streams']} streams, {audit['events']} events, {verdict}")

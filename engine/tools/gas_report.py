@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from typing import Final
 
 from eth_account import Account
-from rich.progress import Progress
 
 from engine.chain.backends import AnvilBackend
 from engine.chain.contracts.escrow import (
@@ -190,9 +189,3 @@ def within_targets(report: GasReport) -> list[str]:
     if netted > BATCH_TARGET_PER_PAYMENT:
         misses.append(f"batch netted: {netted} > {BATCH_TARGET_PER_PAYMENT}")
     return misses
-
-
-def measure_with_progress() -> GasReport:
-    with Progress(transient=True) as bar:
-        task = bar.add_task("gas report", total=None)
-        return measure(lambda step: bar.update(task, description=step))

@@ -12,6 +12,7 @@ second per block, anvil may repeat a timestamp until the wall clock catches up).
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -226,7 +227,7 @@ class AnvilBackend(LocalChainBackend):
         config = self.process.config
         if not config.automine:  # blocks come only when a test mines them
             return STUCK_AFTER_S_PUBLIC
-        return STUCK_AFTER_S_LOCAL + (config.block_time_s or 0)
+        return STUCK_AFTER_S_LOCAL + math.ceil(config.block_time_s or 0)
 
     def _set_next_block_timestamp(self, timestamp: int) -> None:
         self._request("evm_setNextBlockTimestamp", timestamp)

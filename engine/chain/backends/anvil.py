@@ -87,7 +87,7 @@ class AnvilConfig:
     accounts_count: int = 10
     balance_eth: int = 10_000
     # None: mine a block per transaction (automine); otherwise also mine every N seconds.
-    block_time_s: int | None = None
+    block_time_s: float | None = None  # anvil takes fractions of a second
     # False: mine only on evm_mine/anvil_mine (tests of pending and dropped transactions).
     automine: bool = True
     startup_timeout_s: float = 30.0
@@ -111,7 +111,7 @@ class AnvilConfig:
             "--quiet",
         ]  # fmt: skip
         if self.block_time_s is not None:
-            args += ["--block-time", str(self.block_time_s)]
+            args += ["--block-time", f"{self.block_time_s:g}"]
         if not self.automine:
             args.append("--no-mining")
         return args
@@ -277,7 +277,7 @@ class RunningChain:
     pid: int
     port: int
     chain_id: int
-    block_time_s: int | None
+    block_time_s: float | None
 
     @property
     def url(self) -> str:
@@ -339,7 +339,7 @@ def read_state(state_dir: Path) -> RunningChain | None:
             pid=int(data["pid"]),
             port=int(data["port"]),
             chain_id=int(data["chain_id"]),
-            block_time_s=None if data["block_time_s"] is None else int(data["block_time_s"]),
+            block_time_s=None if data["block_time_s"] is None else float(data["block_time_s"]),
         )
     except FileNotFoundError:
         return None

@@ -23,11 +23,9 @@ from typing import Any, Final, Literal
 
 import solcx
 from packaging.version import Version
-from rich.console import Console
-from rich.markup import escape
 from solcx.exceptions import SolcError
 
-from engine.chain.errors import ArtifactMissing, ChainError, CompilationFailed, CompilerUnavailable
+from engine.chain.errors import ArtifactMissing, CompilationFailed, CompilerUnavailable
 
 SOLC_VERSION: Final = "0.8.30"
 EVM_VERSION: Final = "cancun"
@@ -399,56 +397,3 @@ def load_artifact(name: str, artifacts_dir: Path = ARTIFACTS_DIR) -> Artifact:
         bytecode=data["bytecode"],
         deployed_bytecode=data["deployedBytecode"],
     )
-
-
-def cmd_build() -> int:
-    """`settle contracts build`: 0 on success, 2 if the sources could not be compiled."""
-    console = Console(soft_wrap=True)
-    try:
-        report = build()
-    except ChainError as error:
-        _print_error(console, error)
-        return 2
-    for warning in report.warnings:
-        console.print(f"[yellow]{escape(warning.rstrip())}[/yellow]")
-    for change in report.changes:
-        verb = "removed" if change.kind == "stale" else "wrote"
-        console.print(f"{verb} {escape(_shown(report.artifacts_dir / change.file_name))}")
-    console.print(
-        f"[green]{report.artifact_count} artifacts up to date[/green] "
-        f"in {escape(_shown(report.artifacts_dir))} ({len(report.changes)} changed)"
-    )
-    return 0
-
-
-def cmd_check() -> int:
-    """`settle contracts check`: 0 if the artifacts match the sources, 1 if not, 2 on errors."""
-    console = Console(soft_wrap=True)
-    try:
-        report = build(write=False)
-    except ChainError as error:
-        _print_error(console, error)
-        return 2
-    if report.warnings:
-        console.print(
-            f"[yellow]compiler warnings: {len(report.warnings)}[/yellow] "
-            "(`settle contracts build` shows them)"
-        )
-    if not report.changes:
-        console.print(f"[green]{report.artifact_count} artifacts match the sources[/green]")
-        return 0
-    for change in report.changes:
-        console.print(f"[red]{escape(change.describe())}[/red]")
-    console.print(
-        f"artifacts in {escape(_shown(report.artifacts_dir))} do not match the sources: "
-        "run `settle contracts build` and commit the result"
-    )
-    return 1
-
-
-def _print_error(console: Console, error: ChainError) -> None:
-    console.print(f"[red]{error.code}[/red]: {escape(error.message)}")
-
-
-def _shown(path: Path) -> str:
-    return os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
