@@ -48,7 +48,7 @@ from engine.pipeline.commands import (
 )
 from engine.pipeline.engine import SettlementEngine
 from engine.pipeline.workers import relay_and_mirror, running_workers
-from engine.store.db import normalise_url, scratch_schema
+from engine.store.db import normalise_url, open_database, scratch_schema
 from engine.store.redaction import redact_url
 from engine.store.schema import events
 from engine.tools.localnet import UNIT
@@ -95,12 +95,13 @@ class BenchNeedsPostgresql(ValueError):
 
 
 def require_postgresql(server_url: str) -> None:
-    """Refuses a URL that is not PostgreSQL's before anything starts."""
+    """Refuses a URL that is not a PostgreSQL server answering, before anything starts."""
     if normalise_url(server_url).get_backend_name() != "postgresql":
         raise BenchNeedsPostgresql(
             f"bench core needs a PostgreSQL server, not {redact_url(server_url)}: pass "
             "--db postgresql://USER@HOST:PORT/DB (the embedded run uses SQLite by itself)"
         )
+    open_database(server_url, create=False).dispose()  # DatabaseUnreachable, DatabaseMissing
 
 
 class NotSettled(RuntimeError):

@@ -44,7 +44,7 @@ from engine.chain.keys import (
     load_signer,
 )
 from engine.chain.networks import NETWORKS, get_network
-from engine.deploy.command import cmd_deploy
+from engine.cli.deploy import cmd_deploy
 from engine.deploy.create2 import (
     PROXY_ADDRESS,
     PROXY_DEPLOYER,

@@ -11,6 +11,7 @@ from engine.chain.backends import AnvilBackend, EmbeddedBackend
 from engine.chain.backends.anvil import AnvilProcess
 from engine.chain.binding import bind
 from engine.chain.contracts.escrow import terms_tuple
+from engine.cli.reconcile import cmd_reconcile
 from engine.domain.events import (
     Authorized,
     Captured,
@@ -22,7 +23,7 @@ from engine.domain.events import (
 from engine.domain.ids import IdPrefix, new_id
 from engine.domain.money import fee_for
 from engine.domain.payment import Payment, PaymentStatus, apply
-from engine.ops.reconcile import ChainTarget, ProviderView, RpcUrlMissing, cmd_reconcile, reconcile
+from engine.ops.reconcile import ChainTarget, ProviderView, RpcUrlMissing, reconcile
 from engine.store.db import Database
 from engine.store.event_store import EventStore
 from engine.store.ledger import Ledger

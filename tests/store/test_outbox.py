@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from engine.cli.outbox import cmd_outbox_list, cmd_outbox_retry
 from engine.store.db import Database
 from engine.store.event_store import ConcurrencyConflict, EventStore, NewEvent
 from engine.store.outbox import (
@@ -23,8 +24,6 @@ from engine.store.outbox import (
     OutboxRow,
     OutboxStatus,
     UnknownOperation,
-    cmd_outbox_list,
-    cmd_outbox_retry,
 )
 from engine.store.schema import events, outbox
 
@@ -481,15 +480,13 @@ def test_outbox_list_command_prints_dead_letters_and_lag_as_json(
     assert (report["lag"]["in_flight"], report["lag"]["dead"]) == (1, 1)
 
 
-def test_outbox_list_command_refuses_an_unknown_status(
-    db_url: str, database: Database, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert cmd_outbox_list(db_url, "lost", as_json=True) == 2
-    assert capsys.readouterr().err.startswith("error[invalid_operation]: unknown status 'lost'")
+def test_outbox_list_command_refuses_an_unknown_status(db_url: str, database: Database) -> None:
+    with pytest.raises(InvalidOperation, match="unknown status 'lost'"):
+        cmd_outbox_list(db_url, "lost", as_json=True)
 
 
 def test_outbox_retry_command_revives_a_dead_letter_and_refuses_anything_else(
-    db_url: str, database: Database, box: Outbox, capsys: pytest.CaptureFixture[str]
+    db_url: str, database: Database, box: Outbox
 ) -> None:
     enqueue(database, box, "op_dead")
     claim(database, box)
@@ -497,7 +494,7 @@ def test_outbox_retry_command_revives_a_dead_letter_and_refuses_anything_else(
 
     assert cmd_outbox_retry(db_url, "op_dead") == 0
     assert get(database, box, "op_dead").status == OutboxStatus.PENDING
-    assert cmd_outbox_retry(db_url, "op_dead") == 2
-    assert "error[not_dead_letter]" in capsys.readouterr().err
-    assert cmd_outbox_retry(db_url, "op_missing") == 2
-    assert "error[unknown_operation]" in capsys.readouterr().err
+    with pytest.raises(NotDeadLetter):
+        cmd_outbox_retry(db_url, "op_dead")
+    with pytest.raises(UnknownOperation):
+        cmd_outbox_retry(db_url, "op_missing")

@@ -7,6 +7,7 @@ import json
 import pytest
 from sqlalchemy import insert, inspect, select, update
 
+from engine.cli.replay import cmd_replay
 from engine.domain.events import (
     Authorized,
     Captured,
@@ -30,7 +31,7 @@ from engine.store.projections import (
     project_new,
     stored_form,
 )
-from engine.store.replay import cmd_replay, verify_replay
+from engine.store.replay import verify_replay
 from engine.store.schema import chain_binding, ledger_accounts, ledger_postings, payments
 
 CHAIN_ID = 31337

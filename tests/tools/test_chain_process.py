@@ -16,7 +16,8 @@ from web3 import HTTPProvider, Web3
 
 from engine.chain.backends.anvil import anvil_accounts, process_exists, running_chain
 from engine.chain.errors import AnvilStartFailed
-from engine.deploy.command import cmd_deploy
+from engine.cli.chain import cmd_chain_down, cmd_chain_up
+from engine.cli.deploy import cmd_deploy
 from engine.deploy.escrow_create2 import escrow_address
 from engine.tools.chain_process import (
     ChainAlreadyUp,
@@ -24,8 +25,6 @@ from engine.tools.chain_process import (
     PortInUse,
     chain_down,
     chain_up,
-    cmd_chain_down,
-    cmd_chain_up,
 )
 
 pytestmark = pytest.mark.anvil
