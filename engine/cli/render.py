@@ -50,12 +50,16 @@ def error(code: str, message: str) -> None:
 def progress(
     description: str, total: float | None, *, counted: bool = False
 ) -> Iterator[Callable[..., None]]:
-    """A transient progress bar; yields `update(description=..., advance=..., completed=...)`.
-    `counted` shows "done/total" beside the bar."""
+    """A transient progress bar (none when stdout is not a terminal: piped output stays the
+    result alone); yields `update(description=..., advance=..., completed=...)`. `counted`
+    shows "done/total" beside the bar."""
     columns: tuple[ProgressColumn, ...] = (TextColumn("{task.description}"), BarColumn())
     if counted:
         columns = (*columns, MofNCompleteColumn())
-    with Progress(*columns, console=_console(), transient=True) as bar:
+    console = _console()
+    with Progress(
+        *columns, console=console, transient=True, disable=not console.is_terminal
+    ) as bar:
         task = bar.add_task(description, total=total)
         yield lambda **changes: bar.update(task, **changes)
 
@@ -63,6 +67,7 @@ def progress(
 @contextmanager
 def progress_per(names: tuple[str, ...], total: int) -> Iterator[Callable[[str, int], None]]:
     """One transient bar per name; yields `advance(name, count)`."""
-    with Progress(console=_console(), transient=True) as bar:
+    console = _console()
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
         tasks = {name: bar.add_task(name, total=total) for name in names}
         yield lambda name, count: bar.update(tasks[name], advance=count)

@@ -163,3 +163,18 @@ def test_deploy_to_anvil_without_rpc_url_uses_the_chain_that_up_started(
     admin = anvil_accounts(1)[0].address
     assert deployed["escrow"]["address"] == escrow_address(admin)
     assert Web3(HTTPProvider(running.url)).eth.get_code(escrow_address(admin)) != b""
+
+
+def test_deploy_to_anvil_takes_the_chain_id_up_was_given_and_fractional_block_times(
+    in_tmp: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SETTLE_DEPLOYER_KEY", raising=False)
+    assert cmd_chain_up(port=free_port(), chain_id=1337, block_time=0.5) == 0
+    assert "chain id 1337, a block every 0.5 s" in capsys.readouterr().out
+
+    assert cmd_deploy("anvil", None, None, dry_run=False, as_json=True) == 0
+
+    deployed = json.loads(capsys.readouterr().out)
+    assert deployed["chain_id"] == 1337
+    assert (in_tmp / "deployments" / "1337.json").exists()
+    assert cmd_chain_down() == 0
