@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import ClassVar
 
-from engine.store.redaction import redact_url as shown_url
+from engine.store.redaction import redact_url
 
 
 class ChainError(Exception):
@@ -173,7 +173,7 @@ class RpcUnavailable(ChainError):
         self.reason = reason
         self.maybe_delivered = maybe_delivered
         super().__init__(
-            f"the RPC node at {shown_url(url)} did not answer {method} ({reason}); "
+            f"the RPC node at {redact_url(url)} did not answer {method} ({reason}); "
             "check that the node is running and the RPC URL is right"
         )
 

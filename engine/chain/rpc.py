@@ -28,7 +28,8 @@ from web3 import HTTPProvider, Web3
 from web3.types import RPCEndpoint
 
 from engine.chain.contracts.reverts import revert_data
-from engine.chain.errors import RpcRequestFailed, RpcUnavailable, shown_url
+from engine.chain.errors import RpcRequestFailed, RpcUnavailable
+from engine.store.redaction import redact_url
 
 RPC_BATCH_SIZE_MAX: Final = 256  # calls per HTTP request; nodes cap batches (geth: 1000)
 RPC_TIMEOUT_S_DEFAULT: Final = 10.0
@@ -60,7 +61,7 @@ class HttpRpc:
         assert timeout_s > 0, timeout_s
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an HTTP RPC URL: {shown_url(url)}")
+            raise ValueError(f"not an HTTP RPC URL: {redact_url(url)}")
         self.url = url
         self._timeout_s = timeout_s
         self._host, self._port = parts.hostname, parts.port

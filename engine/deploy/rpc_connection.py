@@ -15,7 +15,7 @@ from engine.chain.backends import anvil
 from engine.chain.errors import ChainIdMismatch
 from engine.chain.networks import Network
 from engine.deploy.errors import RpcUnreachable, RpcUrlMissing
-from engine.store.redaction import redact_url as shown_url
+from engine.store.redaction import redact_url
 
 RPC_TIMEOUT_S: Final = 30
 
@@ -49,7 +49,7 @@ def rpc_errors(url: str) -> Iterator[None]:
     else:
         return
     raise RpcUnreachable(
-        f"the RPC at {shown_url(url)} is not answering ({reason}): start the node "
+        f"the RPC at {redact_url(url)} is not answering ({reason}): start the node "
         "(`settle chain up` for anvil) or pass the right --rpc-url"
     )
 

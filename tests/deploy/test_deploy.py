@@ -68,8 +68,8 @@ from engine.deploy.errors import (
 from engine.deploy.escrow_create2 import ESCROW_SALT, escrow_address
 from engine.deploy.plan import plan_deployment
 from engine.deploy.roles import ROLE_ENV_VARS, role_id
-from engine.deploy.rpc_connection import shown_url
 from engine.deploy.sender import Sender, current_fees, estimate_gas
+from engine.store.redaction import redact_url
 
 TESTNETS = sorted(name for name, network in NETWORKS.items() if not network.is_local)
 PASSWORD = "correct horse battery staple"
@@ -569,12 +569,12 @@ def test_testnet_without_rpc_url_names_the_variable_to_set(
 
 
 def test_rpc_urls_are_shown_without_path_or_credentials() -> None:
-    assert shown_url("http://127.0.0.1:8545") == "http://127.0.0.1:8545"
-    assert shown_url("https://eth-sepolia.g.example.com/v2/s3cr3tKey") == (
+    assert redact_url("http://127.0.0.1:8545") == "http://127.0.0.1:8545"
+    assert redact_url("https://eth-sepolia.g.example.com/v2/s3cr3tKey") == (
         "https://eth-sepolia.g.example.com/…"
     )
     assert (
-        shown_url("https://user:pw@rpc.example.org:8443/?key=abc")
+        redact_url("https://user:pw@rpc.example.org:8443/?key=abc")
         == "https://rpc.example.org:8443/…"
     )
 
