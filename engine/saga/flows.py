@@ -4,10 +4,11 @@ Direct checkout: hold, then capture on request (a ``capture`` signal) or at once
 PSP-bridged: a card processor decides and the escrow follows, driven by its events
 (``engine.psp.events.PspEvent``, fed in through ``PspBridgedSagas``): authorized → hold,
 captured → capture, failed or canceled → void (or nothing, before a hold), chargeback → open
-a dispute freezing the charged-back amount (funded by the merchant), then the processor's outcome resolves it: dispute_won → the merchant wins (the
-amount is released back to it), dispute_lost → the payer wins (the amount goes to the payer).
-The escrow opens disputes on settled money only, so a chargeback while the hold is still open
-fails its step and the saga compensates by voiding the hold.
+a dispute freezing the charged-back amount (funded by the merchant), then the processor's
+outcome resolves it: dispute_won → the merchant wins (the amount is released back to it),
+dispute_lost → the payer wins (the amount goes to the payer). The escrow opens disputes on
+settled money only, so a chargeback while the hold is still open fails its step and the saga
+compensates by voiding the hold.
 
 Both flows share the expiry policy: a hold nobody captured is voided ``void_margin_s`` before
 its authorization expires, or, without a margin, left for the payer to reclaim; a reclaim the
