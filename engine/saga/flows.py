@@ -1,38 +1,67 @@
 """The payment flows the orchestrator runs, and how outside events enter them.
 
 Direct checkout: hold, then capture on request (a ``capture`` signal) or at once.
-PSP-bridged: a card processor decides and the escrow follows, driven by normalized
-``PspEvent``s: authorized → hold, captured → capture, failed or canceled → void (or nothing,
-before a hold), chargeback → open a dispute freezing the charged-back amount (funded by the
-merchant), then the processor's outcome resolves it: dispute_won → the merchant wins (the
-amount is released back to it), dispute_lost → the payer wins (the amount goes to the payer).
-The escrow opens disputes on settled money only, so a chargeback while the hold is still open
-fails its step and the saga compensates by voiding the hold.
+PSP-bridged: a card processor decides and the escrow follows, driven by its events
+(``engine.psp.events.PspEvent``, fed in through ``PspBridgedSagas``): authorized → hold,
+captured → capture, failed or canceled → void (or nothing, before a hold), chargeback → open
+a dispute freezing the charged-back amount (funded by the merchant), then the processor's
+outcome resolves it: dispute_won → the merchant wins (the amount is released back to it),
+dispute_lost → the payer wins (the amount goes to the payer). The escrow opens disputes on
+settled money only, so a chargeback while the hold is still open fails its step and the saga
+compensates by voiding the hold.
 
 Both flows share the expiry policy: a hold nobody captured is voided ``void_margin_s`` before
 its authorization expires, or, without a margin, left for the payer to reclaim; a reclaim the
 mirror books completes the saga either way.
+
+Flows are pure decisions written against ``engine.saga.plan``; their entry points take the
+``Sagas`` protocol, which the orchestrator meets, so this module never imports it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from enum import StrEnum
 
 from engine.domain.events import Party
 from engine.domain.ids import PaymentTerms
 from engine.domain.payment import PaymentStatus
-from engine.saga.orchestrator import Flow, Orchestrator, Plan, SagaView, SignalRejected, Step
+from engine.saga.errors import SignalRejected
+from engine.saga.plan import (
+    Flow,
+    Plan,
+    Sagas,
+    SagaView,
+    Step,
+    StepAction,
+    json_int,
+    json_mapping,
+)
 from engine.store.event_store import Json
 
 EXPIRY_TIMER = "void_before_expiry"
 _HOLD_OPEN = (PaymentStatus.REQUIRES_CAPTURE, PaymentStatus.PARTIALLY_CAPTURED)
-PspEventKind = Literal[
-    "authorized", "captured", "failed", "canceled", "chargeback", "dispute_won", "dispute_lost"
-]
+
+
+class PspSignal(StrEnum):
+    """The signals the PSP-bridged flow takes: the processor's event kinds.
+
+    ``engine.psp.events.PspEventKind`` names the same values; psp and saga are independent
+    rooms of one layer, so neither may import the other's, and tests/psp checks the two agree.
+    """
+
+    AUTHORIZED = "authorized"
+    CAPTURED = "captured"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    CHARGEBACK = "chargeback"
+    DISPUTE_WON = "dispute_won"
+    DISPUTE_LOST = "dispute_lost"
+
+
 # Who wins the dispute a processor's outcome closes (won and lost from the merchant's side).
-_DISPUTE_WINNER = {"dispute_won": Party.MERCHANT, "dispute_lost": Party.PAYER}
+_DISPUTE_WINNER = {PspSignal.DISPUTE_WON: Party.MERCHANT, PspSignal.DISPUTE_LOST: Party.PAYER}
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,16 +73,6 @@ class ExpiryPolicy:
 
 
 DEFAULT_EXPIRY = ExpiryPolicy()
-
-
-@dataclass(frozen=True, slots=True)
-class PspEvent:
-    """A processor webhook, normalized; ``psp_event_id`` is its idempotency key."""
-
-    kind: PspEventKind
-    psp_event_id: str
-    payment_ref: str
-    amount: int = 0
 
 
 def _hold_request(
@@ -72,31 +91,20 @@ def _hold_request(
 
 def _create(saga: SagaView) -> Step:
     c = saga.context
-    return Step(
-        "create", {"terms": c["terms"], "amount": c["amount"], "authorization": c["authorization"]}
-    )
+    args = {"terms": c["terms"], "amount": c["amount"], "authorization": c["authorization"]}
+    return Step(StepAction.CREATE, args)
 
 
 def _capture(saga: SagaView, amount: int) -> Step:
-    return Step("capture", {"amount": amount, "fee_bps": saga.context["fee_bps"]})
+    return Step(StepAction.CAPTURE, {"amount": amount, "fee_bps": saga.context["fee_bps"]})
 
 
 def _expiry_timers(saga: SagaView) -> dict[str, int]:
     margin = saga.context.get("void_margin_s")
     if margin is None:
         return {}
-    terms = PaymentTerms.from_dict(_mapping(saga.context["terms"]))
-    return {EXPIRY_TIMER: terms.authorization_expiry - _int(margin)}
-
-
-def _int(value: Json | None) -> int:
-    assert isinstance(value, int), value
-    return value
-
-
-def _mapping(value: Json) -> Mapping[str, Json]:
-    assert isinstance(value, dict)
-    return value
+    terms = PaymentTerms.from_dict(json_mapping(saga.context["terms"]))
+    return {EXPIRY_TIMER: terms.authorization_expiry - json_int(margin)}
 
 
 def _hold_open(saga: SagaView) -> bool:
@@ -109,7 +117,7 @@ class _HoldFlow:
 
     def on_timer(self, saga: SagaView, name: str) -> Plan:
         if name == EXPIRY_TIMER and _hold_open(saga):
-            return Plan(steps=[Step("void")])
+            return Plan(steps=[Step(StepAction.VOID)])
         return Plan()
 
     def on_payment(self, saga: SagaView) -> Plan:
@@ -118,21 +126,22 @@ class _HoldFlow:
         return Plan()
 
     def compensate(self, saga: SagaView, failed: Step) -> Plan:
-        return Plan(steps=[Step("void")] if _hold_open(saga) else [])
+        return Plan(steps=[Step(StepAction.VOID)] if _hold_open(saga) else [])
 
     def on_step_done(self, saga: SagaView, step: Step) -> Plan:
-        if step.action == "create":
+        if step.action == StepAction.CREATE:
             return Plan()  # the hold waits for a capture, a void or its expiry
-        if step.action == "open_dispute":
+        if step.action == StepAction.OPEN_DISPUTE:
             return Plan()  # the dispute waits for the processor's outcome
-        if step.action == "resolve_dispute":
+        if step.action == StepAction.RESOLVE_DISPUTE:
             merchant_won = step.args["winner"] == Party.MERCHANT
             return Plan(finish="dispute_won" if merchant_won else "dispute_lost")
         payment = saga.payment
         assert payment is not None
-        if step.action == "capture" and payment.capturable > 0:
+        if step.action == StepAction.CAPTURE and payment.capturable > 0:
             return Plan()  # a partial capture: the rest of the hold is still open
-        return Plan(finish={"capture": "captured", "void": "voided"}.get(step.action, "refunded"))
+        finished = {StepAction.CAPTURE: "captured", StepAction.VOID: "voided"}
+        return Plan(finish=finished.get(step.action, "refunded"))
 
 
 class DirectCheckout(_HoldFlow):
@@ -141,14 +150,14 @@ class DirectCheckout(_HoldFlow):
     def start(self, saga: SagaView) -> Plan:
         steps = [_create(saga)]
         if saga.context["auto_capture"]:
-            steps.append(_capture(saga, _int(saga.context["amount"])))
+            steps.append(_capture(saga, json_int(saga.context["amount"])))
         return Plan(steps=steps, timers=_expiry_timers(saga))
 
     def on_signal(self, saga: SagaView, name: str, data: Mapping[str, Json]) -> Plan:
         if name == "capture":
-            return Plan(steps=[_capture(saga, _int(data["amount"]))])
+            return Plan(steps=[_capture(saga, json_int(data["amount"]))])
         if name == "void":
-            return Plan(steps=[Step("void")])
+            return Plan(steps=[Step(StepAction.VOID)])
         raise SignalRejected(f"direct checkout has no signal {name!r}")
 
 
@@ -160,24 +169,26 @@ class PspBridged(_HoldFlow):
 
     def on_signal(self, saga: SagaView, name: str, data: Mapping[str, Json]) -> Plan:
         held = bool(saga.context.get("held"))
-        amount = _int(data.get("amount", 0))
-        if name == "authorized":
+        amount = json_int(data.get("amount", 0))
+        if name == PspSignal.AUTHORIZED:
             if held:
                 return Plan()
             context = {**saga.context, "held": True}
             return Plan(steps=[_create(saga)], timers=_expiry_timers(saga), context=context)
-        if name == "captured" and held:
+        if name == PspSignal.CAPTURED and held:
             return Plan(steps=[_capture(saga, amount)])
-        if name in ("failed", "canceled"):
-            return Plan(steps=[Step("void")]) if held else Plan(finish=name)
+        if name in (PspSignal.FAILED, PspSignal.CANCELED):
+            return Plan(steps=[Step(StepAction.VOID)]) if held else Plan(finish=name)
         dispute_open = bool(saga.context.get("dispute_open"))
-        if name == "chargeback" and held and not dispute_open:
+        if name == PspSignal.CHARGEBACK and held and not dispute_open:
             context = {**saga.context, "dispute_open": True}
-            return Plan(steps=[Step("open_dispute", {"amount": amount})], context=context)
+            return Plan(steps=[Step(StepAction.OPEN_DISPUTE, {"amount": amount})], context=context)
         if name in _DISPUTE_WINNER and dispute_open:
             context = {**saga.context, "dispute_open": False}
-            winner = _DISPUTE_WINNER[name]
-            return Plan(steps=[Step("resolve_dispute", {"winner": str(winner)})], context=context)
+            winner = _DISPUTE_WINNER[PspSignal(name)]
+            return Plan(
+                steps=[Step(StepAction.RESOLVE_DISPUTE, {"winner": str(winner)})], context=context
+            )
         raise SignalRejected(f"PSP event {name!r} does not fit a payment in this state")
 
 
@@ -185,7 +196,7 @@ FLOWS: Mapping[str, Flow] = {flow.name: flow for flow in (DirectCheckout(), PspB
 
 
 def start_direct_checkout(
-    orchestrator: Orchestrator,
+    sagas: Sagas,
     saga_id: str,
     terms: PaymentTerms,
     amount: int,
@@ -200,7 +211,7 @@ def start_direct_checkout(
         **_hold_request(terms, amount, authorization, fee_bps, expiry),
         "auto_capture": auto_capture,
     }
-    return orchestrator.start(saga_id, DirectCheckout.name, context, now)
+    return sagas.start(saga_id, DirectCheckout.name, context, now)
 
 
 def psp_saga_id(payment_ref: str) -> str:
@@ -208,7 +219,7 @@ def psp_saga_id(payment_ref: str) -> str:
 
 
 def start_psp_bridged(
-    orchestrator: Orchestrator,
+    sagas: Sagas,
     payment_ref: str,
     terms: PaymentTerms,
     amount: int,
@@ -220,15 +231,27 @@ def start_psp_bridged(
 ) -> bool:
     """Open the saga for a processor payment; the payer signed the escrow terms at checkout."""
     context = _hold_request(terms, amount, authorization, fee_bps, expiry)
-    return orchestrator.start(psp_saga_id(payment_ref), PspBridged.name, context, now)
+    return sagas.start(psp_saga_id(payment_ref), PspBridged.name, context, now)
 
 
-def deliver(orchestrator: Orchestrator, event: PspEvent, now: int | None = None) -> bool:
-    """Feed a webhook to its saga; False when this ``psp_event_id`` was delivered before."""
-    return orchestrator.signal(
-        psp_saga_id(event.payment_ref),
-        f"psp:{event.psp_event_id}",
-        event.kind,
-        {"amount": event.amount},
-        now,
-    )
+class PspBridgedSagas:
+    """The PSP-bridged sagas, addressed by the processor's payment reference.
+
+    What ``engine.psp.events.deliver`` feeds a processor's events to: it names its consumer by
+    the ``PspEventConsumer`` protocol, which this class meets, since psp may not import saga.
+    """
+
+    def __init__(self, sagas: Sagas) -> None:
+        self._sagas = sagas
+
+    def on_psp_event(
+        self, payment_ref: str, psp_event_id: str, kind: str, amount: int, now: int | None = None
+    ) -> bool:
+        """Signal the event to its saga once; False when ``psp_event_id`` came before."""
+        return self._sagas.signal(
+            psp_saga_id(payment_ref),
+            f"psp:{psp_event_id}",
+            kind,
+            {"amount": amount},
+            now,
+        )

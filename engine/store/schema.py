@@ -559,6 +559,8 @@ payment_commands = Table(
 # sagas
 # A saga drives one payment through a flow (engine/saga/flows.py); its steps run one at a
 # time in `seq` order, each a payment command under a key derived from (saga, seq, attempt).
+# engine/store/saga_store.py reads and writes these tables; its status enums are checked
+# against the tuples below at import.
 SAGA_ID_LENGTH_MAX = 150
 SAGA_FLOW_LENGTH_MAX = 40
 SAGA_STATUSES = ("running", "compensating", "completed", "compensated", "manual_review")

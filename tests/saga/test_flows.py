@@ -1,6 +1,6 @@
 """Each saga flow end to end on the embedded EVM, through commands, relay, chain and mirror.
 
-Fixtures are in conftest.py; shared helpers in saga_support.py.
+Fixtures are in tests/fixtures/engines.py; shared helpers in tests/fixtures/pipeline_support.py.
 """
 
 from __future__ import annotations
@@ -10,16 +10,16 @@ from sqlalchemy import func, select
 
 from engine.chain.contracts.escrow import terms_tuple
 from engine.pipeline.engine import SettlementEngine
+from engine.psp.events import PspEvent, PspEventKind, deliver
+from engine.saga.errors import SignalRejected
 from engine.saga.flows import (
     EXPIRY_TIMER,
     ExpiryPolicy,
-    PspEvent,
-    PspEventKind,
-    deliver,
+    PspBridgedSagas,
     psp_saga_id,
     start_psp_bridged,
 )
-from engine.saga.orchestrator import Orchestrator, SignalRejected
+from engine.saga.orchestrator import Orchestrator
 from engine.store.schema import saga_timers
 from engine.tools.localnet import AUTHORIZATION_WINDOW_S
 from tests.fixtures.pipeline_support import (
@@ -64,16 +64,21 @@ def test_direct_checkout_captures_on_request(
     assert books(payment_of(engine, "co-1")) == ("succeeded", AMOUNT, 0)
 
 
-def start_psp(engine: SettlementEngine, orchestrator: Orchestrator, ref: str) -> None:
+def start_psp(engine: SettlementEngine, orchestrator: Orchestrator, ref: str) -> PspBridgedSagas:
+    """Open the saga of processor payment ``ref``; the processor's webhooks go to the result."""
     world = engine.deployment
     terms = world.terms(AMOUNT)
     signature = world.payer_signature(terms)
     assert start_psp_bridged(orchestrator, ref, terms, AMOUNT, signature, fee_bps=FEE_BPS)
+    return PspBridgedSagas(orchestrator)
 
 
 @pytest.mark.parametrize(
     ("outcome", "status", "refunded"),
-    [("dispute_won", "dispute_won", 0), ("dispute_lost", "dispute_lost", AMOUNT // 4)],
+    [
+        (PspEventKind.DISPUTE_WON, "dispute_won", 0),
+        (PspEventKind.DISPUTE_LOST, "dispute_lost", AMOUNT // 4),
+    ],
 )
 def test_a_psp_chargeback_opens_a_dispute_that_the_processor_outcome_resolves(
     engine: SettlementEngine,
@@ -82,14 +87,14 @@ def test_a_psp_chargeback_opens_a_dispute_that_the_processor_outcome_resolves(
     status: str,
     refunded: int,
 ) -> None:
-    start_psp(engine, orchestrator, "pi_1")
+    psp = start_psp(engine, orchestrator, "pi_1")
     saga = psp_saga_id("pi_1")
-    assert deliver(orchestrator, PspEvent("authorized", "evt_1", "pi_1", AMOUNT))
-    assert deliver(orchestrator, PspEvent("captured", "evt_2", "pi_1", AMOUNT))
+    assert deliver(psp, PspEvent(PspEventKind.AUTHORIZED, "evt_1", "pi_1", AMOUNT))
+    assert deliver(psp, PspEvent(PspEventKind.CAPTURED, "evt_2", "pi_1", AMOUNT))
     settle(engine, orchestrator, engine.now())
     assert orchestrator.status(saga) == ("completed", "captured")
 
-    assert deliver(orchestrator, PspEvent("chargeback", "evt_3", "pi_1", AMOUNT // 4))
+    assert deliver(psp, PspEvent(PspEventKind.CHARGEBACK, "evt_3", "pi_1", AMOUNT // 4))
     settle(engine, orchestrator, engine.now())
 
     assert orchestrator.status(saga) == ("running", None)  # waits for the processor's outcome
@@ -97,9 +102,9 @@ def test_a_psp_chargeback_opens_a_dispute_that_the_processor_outcome_resolves(
     assert (disputed.status, disputed.disputed) == ("disputed", AMOUNT // 4)
     # A second chargeback while the dispute is open does not fit.
     with pytest.raises(SignalRejected):
-        deliver(orchestrator, PspEvent("chargeback", "evt_4", "pi_1", 1))
+        deliver(psp, PspEvent(PspEventKind.CHARGEBACK, "evt_4", "pi_1", 1))
 
-    assert deliver(orchestrator, PspEvent(outcome, "evt_5", "pi_1"))
+    assert deliver(psp, PspEvent(outcome, "evt_5", "pi_1"))
     settle(engine, orchestrator, engine.now())
 
     assert orchestrator.status(saga) == ("completed", status)
@@ -117,13 +122,13 @@ def test_a_psp_chargeback_opens_a_dispute_that_the_processor_outcome_resolves(
 def test_a_psp_dispute_outcome_without_a_chargeback_is_rejected(
     engine: SettlementEngine, orchestrator: Orchestrator
 ) -> None:
-    start_psp(engine, orchestrator, "pi_1")
-    assert deliver(orchestrator, PspEvent("authorized", "evt_1", "pi_1", AMOUNT))
-    assert deliver(orchestrator, PspEvent("captured", "evt_2", "pi_1", AMOUNT))
+    psp = start_psp(engine, orchestrator, "pi_1")
+    assert deliver(psp, PspEvent(PspEventKind.AUTHORIZED, "evt_1", "pi_1", AMOUNT))
+    assert deliver(psp, PspEvent(PspEventKind.CAPTURED, "evt_2", "pi_1", AMOUNT))
     settle(engine, orchestrator, engine.now())
 
     with pytest.raises(SignalRejected):
-        deliver(orchestrator, PspEvent("dispute_won", "evt_3", "pi_1"))
+        deliver(psp, PspEvent(PspEventKind.DISPUTE_WON, "evt_3", "pi_1"))
 
     assert orchestrator.status(psp_saga_id("pi_1")) == ("completed", "captured")
 
@@ -131,13 +136,13 @@ def test_a_psp_dispute_outcome_without_a_chargeback_is_rejected(
 def test_a_psp_chargeback_on_an_open_hold_voids_it_instead(
     engine: SettlementEngine, orchestrator: Orchestrator
 ) -> None:
-    start_psp(engine, orchestrator, "pi_1")
+    psp = start_psp(engine, orchestrator, "pi_1")
     saga = psp_saga_id("pi_1")
-    assert deliver(orchestrator, PspEvent("authorized", "evt_1", "pi_1", AMOUNT))
-    assert deliver(orchestrator, PspEvent("captured", "evt_2", "pi_1", AMOUNT // 2))
+    assert deliver(psp, PspEvent(PspEventKind.AUTHORIZED, "evt_1", "pi_1", AMOUNT))
+    assert deliver(psp, PspEvent(PspEventKind.CAPTURED, "evt_2", "pi_1", AMOUNT // 2))
     settle(engine, orchestrator, engine.now())
 
-    assert deliver(orchestrator, PspEvent("chargeback", "evt_3", "pi_1", AMOUNT // 4))
+    assert deliver(psp, PspEvent(PspEventKind.CHARGEBACK, "evt_3", "pi_1", AMOUNT // 4))
     settle(engine, orchestrator, engine.now())
 
     # The escrow disputes settled money only: the step fails and compensation voids the hold.
@@ -153,15 +158,15 @@ def test_a_psp_chargeback_on_an_open_hold_voids_it_instead(
 def test_a_psp_webhook_delivered_again_applies_once(
     engine: SettlementEngine, orchestrator: Orchestrator
 ) -> None:
-    start_psp(engine, orchestrator, "pi_1")
+    psp = start_psp(engine, orchestrator, "pi_1")
     saga = psp_saga_id("pi_1")
-    captured = PspEvent("captured", "evt_2", "pi_1", AMOUNT // 2)
+    captured = PspEvent(PspEventKind.CAPTURED, "evt_2", "pi_1", AMOUNT // 2)
 
-    assert deliver(orchestrator, PspEvent("authorized", "evt_1", "pi_1", AMOUNT))
-    assert deliver(orchestrator, captured)
-    assert not deliver(orchestrator, PspEvent("authorized", "evt_1", "pi_1", AMOUNT))
+    assert deliver(psp, PspEvent(PspEventKind.AUTHORIZED, "evt_1", "pi_1", AMOUNT))
+    assert deliver(psp, captured)
+    assert not deliver(psp, PspEvent(PspEventKind.AUTHORIZED, "evt_1", "pi_1", AMOUNT))
     settle(engine, orchestrator, engine.now())
-    assert not deliver(orchestrator, captured)
+    assert not deliver(psp, captured)
     settle(engine, orchestrator, engine.now())
 
     assert [action for action, _, _ in steps_of(engine, saga)] == ["create", "capture"]
@@ -171,13 +176,13 @@ def test_a_psp_webhook_delivered_again_applies_once(
 def test_a_psp_capture_before_its_authorization_is_rejected_until_redelivered(
     engine: SettlementEngine, orchestrator: Orchestrator
 ) -> None:
-    start_psp(engine, orchestrator, "pi_1")
-    captured = PspEvent("captured", "evt_2", "pi_1", AMOUNT)
+    psp = start_psp(engine, orchestrator, "pi_1")
+    captured = PspEvent(PspEventKind.CAPTURED, "evt_2", "pi_1", AMOUNT)
 
     with pytest.raises(SignalRejected):
-        deliver(orchestrator, captured)
-    assert deliver(orchestrator, PspEvent("authorized", "evt_1", "pi_1", AMOUNT))
-    assert deliver(orchestrator, captured)
+        deliver(psp, captured)
+    assert deliver(psp, PspEvent(PspEventKind.AUTHORIZED, "evt_1", "pi_1", AMOUNT))
+    assert deliver(psp, captured)
     settle(engine, orchestrator, engine.now())
 
     assert orchestrator.status(psp_saga_id("pi_1")) == ("completed", "captured")
@@ -186,11 +191,11 @@ def test_a_psp_capture_before_its_authorization_is_rejected_until_redelivered(
 def test_psp_failure_after_authorization_voids_the_hold(
     engine: SettlementEngine, orchestrator: Orchestrator
 ) -> None:
-    start_psp(engine, orchestrator, "pi_1")
+    psp = start_psp(engine, orchestrator, "pi_1")
     saga = psp_saga_id("pi_1")
 
-    deliver(orchestrator, PspEvent("authorized", "evt_1", "pi_1", AMOUNT))
-    deliver(orchestrator, PspEvent("failed", "evt_2", "pi_1"))
+    deliver(psp, PspEvent(PspEventKind.AUTHORIZED, "evt_1", "pi_1", AMOUNT))
+    deliver(psp, PspEvent(PspEventKind.FAILED, "evt_2", "pi_1"))
     settle(engine, orchestrator, engine.now())
 
     assert orchestrator.status(saga) == ("completed", "voided")
@@ -202,9 +207,9 @@ def test_psp_failure_after_authorization_voids_the_hold(
 def test_psp_cancellation_before_authorization_ends_without_touching_the_chain(
     engine: SettlementEngine, orchestrator: Orchestrator
 ) -> None:
-    start_psp(engine, orchestrator, "pi_1")
+    psp = start_psp(engine, orchestrator, "pi_1")
 
-    deliver(orchestrator, PspEvent("canceled", "evt_1", "pi_1"))
+    deliver(psp, PspEvent(PspEventKind.CANCELED, "evt_1", "pi_1"))
     settle(engine, orchestrator, engine.now())
 
     assert orchestrator.status(psp_saga_id("pi_1")) == ("completed", "canceled")

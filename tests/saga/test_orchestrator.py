@@ -13,7 +13,8 @@ from engine.domain.ids import PaymentTerms
 from engine.pipeline.commands import CommandConflict, CommandOutcome, PaymentService
 from engine.pipeline.engine import SettlementEngine
 from engine.saga.flows import start_direct_checkout
-from engine.saga.orchestrator import Orchestrator, RetryPolicy
+from engine.saga.orchestrator import Orchestrator
+from engine.saga.plan import RetryPolicy
 from engine.store.schema import saga_steps, saga_timers
 from tests.fixtures.pipeline_support import (
     AMOUNT,
