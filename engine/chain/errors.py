@@ -270,3 +270,19 @@ class TxChainMismatch(ChainError):
             f"the RPC node serves chain id {actual}, but the transaction manager signs for "
             f"chain id {expected}; check the RPC URL"
         )
+
+
+class DeploymentMissing(ChainError):
+    """No deployment record for the chain: the engine runs only against a deployed escrow."""
+
+    code = "deployment_missing"
+
+
+class DeploymentRecordInvalid(ChainError):
+    code = "deployment_record_invalid"
+
+
+class RpcUrlMissing(ChainError):
+    """A network reached over JSON-RPC, with no URL given and none in its environment variable."""
+
+    code = "rpc_url_missing"

@@ -64,20 +64,22 @@ def load_signer(
     *,
     environ: Mapping[str, str] = os.environ,
     prompt: Prompt | None = None,
+    key_env_var: str = KEY_ENV_VAR,
 ) -> LocalAccount:
-    """The signing account: from `keystore` if given, else from SETTLE_DEPLOYER_KEY.
+    """The signing account: from `keystore` if given, else from `key_env_var` (the deployer's
+    SETTLE_DEPLOYER_KEY unless another role's variable is named).
 
     The keystore's password comes from SETTLE_KEYSTORE_PASSWORD, else from `prompt` (by
     default an echo-free prompt, offered only when stdin is a terminal).
     """
     if keystore is not None:
         return _from_keystore(keystore, environ, prompt or _terminal_prompt())
-    key = environ.get(KEY_ENV_VAR)
+    key = environ.get(key_env_var)
     if key is None:
         raise SignerKeyMissing(
-            f"no signing key: pass --keystore FILE, or set {KEY_ENV_VAR} (testnets only)"
+            f"no signing key: pass --keystore FILE, or set {key_env_var} (testnets only)"
         )
-    return _from_hex(key, f"{KEY_ENV_VAR} is not a private key: expected 64 hex digits")
+    return _from_hex(key, f"{key_env_var} is not a private key: expected 64 hex digits")
 
 
 def _from_keystore(path: Path, environ: Mapping[str, str], prompt: Prompt | None) -> LocalAccount:

@@ -1,7 +1,7 @@
 """Reaching the chain a command reads: `--network NAME [--rpc-url URL]`, or a bare RPC URL.
 
-The composition root (engine/pipeline/composition.py, being built) will own turning a network
-name into a backend; `connected_chain` is the one place to switch to it.
+A network's URL comes from the composition root's one rule (`rpc_url_for`); `embedded` is the
+chain `settle demo` keeps beside its SQLite database, reopened in this process.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from engine.chain.backends import EmbeddedBackend
 from engine.chain.backends.embedded_state import state_path_for
 from engine.chain.networks import get_network
 from engine.cli.errors import EmbeddedStateMissing
-from engine.deploy.rpc_connection import check_chain, connect, default_rpc_url, rpc_errors
+from engine.deploy.rpc_connection import check_chain, connect, rpc_errors
+from engine.pipeline.composition import rpc_url_for
 
 
 @contextmanager
@@ -40,7 +41,7 @@ def connected_chain(network: str | None, rpc_url: str | None, db_url: str) -> It
             backend.close()
         return
     if preset is not None:
-        rpc_url = rpc_url or default_rpc_url(preset)
+        rpc_url = rpc_url or rpc_url_for(preset)
     assert rpc_url is not None, "callers ask for a URL when they have no network"
     with rpc_errors(rpc_url):
         w3 = connect(rpc_url)

@@ -9,12 +9,11 @@ from typing import Annotated
 import typer
 
 from engine.chain.binding import bind as bind_database
+from engine.chain.deployment import load_deployment
 from engine.chain.networks import get_network
 from engine.cli.chain_access import connected_chain
-from engine.cli.errors import DeploymentMissing
 from engine.cli.options import DEFAULT_DB_URL, DbUrl, RpcUrl, group
 from engine.cli.render import escape, show
-from engine.deploy.record import DEFAULT_DEPLOYMENTS_DIR, read_record
 from engine.store.db import open_migrated, upgrade
 
 app = group("Create, migrate and bind the engine's database.")
@@ -46,19 +45,8 @@ def db_bind(
     database = open_migrated(db)
     try:
         with connected_chain(network, rpc_url, db) as w3:
-            address = escrow or _recorded_escrow(w3.eth.chain_id)
+            address = escrow or load_deployment(w3.eth.chain_id).escrow
             binding = bind_database(database, w3, address, now=int(time.time()))
     finally:
         database.dispose()
     show(f"bound to {escape(binding.describe())}")
-
-
-def _recorded_escrow(chain_id: int) -> str:
-    path = DEFAULT_DEPLOYMENTS_DIR / f"{chain_id}.json"
-    record = read_record(path)
-    if record is None:
-        raise DeploymentMissing(
-            f"no deployment record {path} for chain id {chain_id}: deploy the escrow "
-            "(`settle deploy --network NAME`) or pass --escrow ADDRESS"
-        )
-    return str(record["escrow"]["address"])

@@ -15,12 +15,6 @@ class EmbeddedStateMissing(CliError):
     code = "embedded_state_missing"
 
 
-class DeploymentMissing(CliError):
-    """No deployment record for the chain, and no escrow address given."""
-
-    code = "deployment_missing"
-
-
 def user_error_code(error: BaseException) -> str | None:
     """The error's code when it is one of the engine's typed errors, else None (a bug, which
     must show its traceback). Third-party errors with a `code` (SQLAlchemy's) do not count."""

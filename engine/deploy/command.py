@@ -24,7 +24,8 @@ from engine.deploy.errors import NetworkNotDeployable
 from engine.deploy.plan import DeploymentPlan, plan_deployment
 from engine.deploy.record import DEFAULT_DEPLOYMENTS_DIR
 from engine.deploy.roles import roles_from_env
-from engine.deploy.rpc_connection import check_chain, connect, default_rpc_url, rpc_errors
+from engine.deploy.rpc_connection import check_chain, connect, rpc_errors
+from engine.pipeline.composition import rpc_url_for
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def deploy_to(
             "the embedded EVM lives inside the engine's process, which deploys there itself; "
             "to deploy by hand start anvil (`settle chain up`) and use --network anvil"
         )
-    url = rpc_url or default_rpc_url(preset)
+    url = rpc_url or rpc_url_for(preset)
     with rpc_errors(url):
         w3 = connect(url)
         preset = _served(w3, preset)

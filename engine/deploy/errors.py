@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from engine.chain.errors import ChainError
 
+# Raised by the chain layer's record reader and the composition root's URL lookup, which
+# `settle deploy` shares; named here too so that the deployment's errors stay in one list.
+from engine.chain.errors import DeploymentRecordInvalid as DeploymentRecordInvalid
+from engine.chain.errors import RpcUrlMissing as RpcUrlMissing
+
 
 class NetworkNotDeployable(ChainError):
     code = "network_not_deployable"
-
-
-class RpcUrlMissing(ChainError):
-    code = "rpc_url_missing"
 
 
 class RpcUnreachable(ChainError):
@@ -50,7 +51,3 @@ class ArtifactsStale(ChainError):
 
 class RoleHolderInvalid(ChainError):
     code = "role_holder_invalid"
-
-
-class DeploymentRecordInvalid(ChainError):
-    code = "deployment_record_invalid"

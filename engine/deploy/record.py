@@ -16,14 +16,17 @@ from typing import Any, Final
 from eth_utils import keccak
 
 from engine.chain.contracts.escrow import ESCROW_NAME
+
+# The engine reads records too (engine.chain.deployment): one reader serves both, and the
+# deployment finds it here beside the writer.
+from engine.chain.deployment import DEFAULT_DEPLOYMENTS_DIR as DEFAULT_DEPLOYMENTS_DIR
+from engine.chain.deployment import read_record as read_record
 from engine.chain.rpc import hex_data
 from engine.deploy.create2 import PROXY_ADDRESS
-from engine.deploy.errors import DeploymentRecordInvalid
 from engine.deploy.escrow_create2 import ESCROW_SALT, constructor_arguments
 from engine.deploy.plan import DeploymentPlan, Grant
 from engine.deploy.source_verification import verification_fields
 
-DEFAULT_DEPLOYMENTS_DIR: Final = Path("deployments")
 # The JSON record's format; bump on incompatible changes.
 RECORD_VERSION: Final = 1
 
@@ -81,21 +84,6 @@ def build_record(
         record["previous"] = [{k: v for k, v in previous.items() if k != "previous"}, *older]
     elif previous is not None and "previous" in previous:
         record["previous"] = previous["previous"]
-    return record
-
-
-def read_record(path: Path) -> dict[str, Any] | None:
-    """The record at `path`, None if there is none; refuses a file that is not a record
-    rather than overwrite what someone put there."""
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except ValueError:
-        record = None
-    escrow = record.get("escrow") if isinstance(record, dict) else None
-    if not isinstance(escrow, dict) or not isinstance(escrow.get("address"), str):
-        raise DeploymentRecordInvalid(f"{path} is not a deployment record; move it away and re-run")
     return record
 
 

@@ -3,35 +3,19 @@ the chain named, and how to say so without leaking the API key a hosted RPC URL 
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Final
 
 import requests
 from web3 import HTTPProvider, Web3
 
-from engine.chain.backends import anvil
 from engine.chain.errors import ChainIdMismatch
 from engine.chain.networks import Network
-from engine.deploy.errors import RpcUnreachable, RpcUrlMissing
+from engine.deploy.errors import RpcUnreachable
 from engine.store.redaction import redact_url
 
 RPC_TIMEOUT_S: Final = 30
-
-
-def default_rpc_url(network: Network, environ: Mapping[str, str] = os.environ) -> str:
-    """anvil: the one `settle chain up` started, else anvil's default port; a testnet: the
-    URL in its environment variable."""
-    if network.rpc_env_var is None:
-        running = anvil.running_chain()
-        return running.url if running is not None else anvil.DEFAULT_URL
-    url = environ.get(network.rpc_env_var)
-    if not url:
-        raise RpcUrlMissing(
-            f"no RPC URL for {network.name}: pass --rpc-url or set {network.rpc_env_var}"
-        )
-    return url
 
 
 @contextmanager

@@ -58,6 +58,9 @@ BATCH_OPS_MAX = 100  # the escrow takes 256 records per batch; smaller batches e
 # Batches one step claims and sends: enough to keep the chain busy, few enough that a step's
 # claim stays short and its leases do not run out before the batches are final.
 BATCHES_PER_STEP = 10
+# Watched transactions one read of the transaction manager looks up: the watch list grows
+# while the chain lags behind the relay, and one read of all of it would grow with it.
+WATCHED_PER_PAGE_MAX = 500
 # Outbox kinds the escrow takes from its arbiter, one call each, not in a batch.
 ARBITER_KINDS = frozenset({"open_dispute", "resolve_dispute"})
 # Ends the key of a transaction sent under an estimate, not under the batch gas bound: a
@@ -170,9 +173,9 @@ class Relay:
         """Finish what the chain settled, then claim and submit up to ``batches_per_step``
         new batches; ``now`` is the caller's clock reading, if it has one for the round."""
         report = RelayReport()
-        if self._watching:
-            records = self._txm.get_many(list(self._watching))
-            for record in records:
+        watched = list(self._watching)
+        for first in range(0, len(watched), WATCHED_PER_PAGE_MAX):
+            for record in self._txm.get_many(watched[first : first + WATCHED_PER_PAGE_MAX]):
                 if record.is_final:
                     self._finish(record, self._watching.pop(record.idempotency_key), report)
         limit = self._batch_ops_max * self._batches_per_step

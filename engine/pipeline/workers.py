@@ -1,4 +1,5 @@
-"""Engine workers in processes of their own, sharing one PostgreSQL database and one anvil node.
+"""Engine workers in processes of their own, sharing one PostgreSQL database and one JSON-RPC
+node (anvil, or any network's).
 
 One Python process runs on one core; the work of settling a payment splits cleanly into the
 relay (outbox -> transaction manager -> chain) and the mirror (indexer -> streams, projection
@@ -22,22 +23,32 @@ import multiprocessing
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Final
 
+from eth_account import Account
 from sqlalchemy.exc import OperationalError
+from web3 import HTTPProvider
 
-from engine.chain.backends import AnvilBackend
-from engine.chain.backends.anvil import AnvilConfig, AnvilProcess
+from engine.chain.backends import RpcBackend
+from engine.chain.deployment import Deployment
 from engine.chain.errors import RpcUnavailable
+from engine.chain.networks import get_network
 from engine.chain.txmanager.manager import SENT_CHANNEL
-from engine.pipeline.engine import Role, SettlementEngine
+from engine.pipeline.engine import (
+    BlockProducer,
+    D,
+    Role,
+    SagaFactory,
+    SettlementEngine,
+    SignedDeployment,
+    Signers,
+)
 from engine.store.db import Wakeup
 from engine.store.event_store import ConcurrencyConflict
 from engine.store.outbox import OUTBOX_CHANNEL
-from engine.tools.localnet import attach_local
 
 # How long an idle worker waits before looking again, unless woken: short next to a posting-lag
 # budget of a second, long enough that two idle workers leave the cores to the database and
@@ -70,29 +81,69 @@ class WorkerFailed(RuntimeError):
 
 
 @dataclass(frozen=True)
+class SignerKeys:
+    """The operator's and the arbiter's private keys, as a worker is handed them: an account
+    object cannot be pickled. They travel only through the pipe of a spawned child, and are
+    kept out of the spec's repr so that a logged spec shows no key."""
+
+    operator: bytes = field(repr=False)
+    arbiter: bytes = field(repr=False)
+
+    @classmethod
+    def of(cls, signers: Signers) -> SignerKeys:
+        return cls(bytes(signers.operator.key), bytes(signers.arbiter.key))
+
+    def signers(self) -> Signers:
+        return Signers(Account.from_key(self.operator), Account.from_key(self.arbiter))
+
+
+@dataclass(frozen=True)
 class WorkerSpec:
-    """What a worker process needs to join a running deployment: all of it picklable."""
+    """What a worker process needs to join a running deployment: all of it picklable.
+
+    ``sagas`` and ``produce_blocks`` are pickled by name (a class or a module-level function);
+    ``stuck_after_s`` is the parent's backend's, which a plain JSON-RPC backend cannot know
+    (a local node's is far shorter than a public network's)."""
 
     db_url: str
-    anvil_port: int
-    anvil: AnvilConfig
-    escrow: str
-    token: str
+    rpc_url: str
+    deployment: Deployment
+    keys: SignerKeys
     roles: frozenset[Role]
+    stuck_after_s: int
     confirmations: int = 0
+    sagas: SagaFactory | None = None
+    produce_blocks: BlockProducer | None = None
 
 
-def relay_and_mirror(engine: SettlementEngine) -> list[WorkerSpec]:
-    """Specs of a relay worker (which also drives sagas) and a mirror worker joining
-    ``engine``'s database and its deployment on anvil."""
-    backend = engine.backend
-    if not isinstance(backend, AnvilBackend):
-        raise TypeError("workers share an anvil node; the embedded EVM lives in one process")
-    escrow, token = engine.deployment.escrow.address, engine.deployment.token.address
+def relay_and_mirror(
+    engine: SettlementEngine[D],
+    *,
+    sagas: SagaFactory | None = None,
+    produce_blocks: BlockProducer | None = None,
+) -> list[WorkerSpec]:
+    """Specs of a relay worker (which also drives ``sagas``, if given) and a mirror worker
+    joining ``engine``'s database, node and deployment. ``produce_blocks``: a picklable block
+    producer, for confirmations on a local node that mines only on demand."""
+    provider = engine.backend.w3.provider
+    if not isinstance(provider, HTTPProvider) or not provider.endpoint_uri:
+        raise TypeError(
+            "workers share a JSON-RPC node (anvil or a network's); "
+            "the embedded EVM lives in one process"
+        )
     url = engine.db.engine.url.render_as_string(hide_password=False)
-    port, config = backend.process.port, backend.process.config
     return [
-        WorkerSpec(url, port, config, escrow, token, roles, engine.confirmations)
+        WorkerSpec(
+            url,
+            str(provider.endpoint_uri),
+            engine.deployment.record,
+            SignerKeys.of(engine.deployment.signers),
+            roles,
+            engine.stuck_after_s,
+            engine.confirmations,
+            sagas,
+            produce_blocks,
+        )
         for roles in (frozenset({Role.SAGAS, Role.RELAY}), frozenset({Role.MIRROR}))
     ]
 
@@ -100,13 +151,16 @@ def relay_and_mirror(engine: SettlementEngine) -> list[WorkerSpec]:
 def run_worker(spec: WorkerSpec, ready: Connection, stop: Connection) -> None:
     """Step an engine with ``spec.roles`` until ``stop`` (a pipe's read end) says so, by a
     message or by its writer closing; ``ready`` takes word once the engine is up."""
-    backend = AnvilBackend(AnvilProcess.started_elsewhere(spec.anvil_port, spec.anvil))
+    backend = RpcBackend(spec.rpc_url, get_network(spec.deployment.network))
     engine = SettlementEngine(
         spec.db_url,
         backend,
-        attach_local(backend, spec.escrow, spec.token),
+        SignedDeployment(spec.deployment, spec.keys.signers()),
         confirmations=spec.confirmations,
         roles=spec.roles,
+        sagas=spec.sagas,
+        produce_blocks=spec.produce_blocks,
+        stuck_after_s=spec.stuck_after_s,
     )
     roles = ", ".join(sorted(spec.roles))
     wakeup = Wakeup(

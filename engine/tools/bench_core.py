@@ -48,10 +48,11 @@ from engine.pipeline.commands import (
 )
 from engine.pipeline.engine import SettlementEngine
 from engine.pipeline.workers import relay_and_mirror, running_workers
+from engine.saga.orchestrator import Orchestrator
 from engine.store.db import normalise_url, open_database, scratch_schema
 from engine.store.redaction import redact_url
 from engine.store.schema import events
-from engine.tools.localnet import UNIT
+from engine.tools.localnet import UNIT, LocalDeployment, local_engine
 
 PAYMENTS_DEFAULT: Final = 1000
 # Payments open at once: about a second of checkouts at the target rate. Every engine step has
@@ -131,7 +132,9 @@ class CoreFigures:
 
 
 def settle_payments(
-    engine: SettlementEngine, load: Load, advance: Callable[[], object] | None = None
+    engine: SettlementEngine[LocalDeployment],
+    load: Load,
+    advance: Callable[[], object] | None = None,
 ) -> CoreFigures:
     """Settle the ``load``'s payments, capturing each once authorized. ``advance`` moves the
     pipeline on between two looks at the ledger: one engine step (the default), or a short
@@ -201,7 +204,7 @@ class _Bookings:
     """Payments whose authorization or capture was booked since the last look, read from the
     tail of the event log."""
 
-    def __init__(self, engine: SettlementEngine) -> None:
+    def __init__(self, engine: SettlementEngine[LocalDeployment]) -> None:
         self._db = engine.db
         with self._db.snapshot() as conn:
             self._after = conn.execute(select(func.max(events.c.position))).scalar() or 0
@@ -223,17 +226,18 @@ class _Bookings:
 
 def bench_backend(db_url: str, backend: ChainBackend, load: Load) -> CoreFigures:
     """The whole engine stepped in this process."""
-    engine = SettlementEngine(db_url, backend)
+    engine = local_engine(db_url, backend, sagas=Orchestrator)
     try:
         return settle_payments(engine, load)
     finally:
         engine.close()
 
 
-def settle_with_workers(shop: SettlementEngine, load: Load) -> CoreFigures:
-    """``settle_payments`` with a relay worker and a mirror worker in processes of their own;
-    ``shop`` (an engine with no roles) only accepts commands and watches the ledger."""
-    with running_workers(relay_and_mirror(shop)) as workers:
+def settle_with_workers(shop: SettlementEngine[LocalDeployment], load: Load) -> CoreFigures:
+    """``settle_payments`` with a relay worker (driving the sagas) and a mirror worker in
+    processes of their own; ``shop`` (an engine with no roles) only accepts commands and
+    watches the ledger."""
+    with running_workers(relay_and_mirror(shop, sagas=Orchestrator)) as workers:
 
         def wait() -> None:
             workers.check()
@@ -243,7 +247,7 @@ def settle_with_workers(shop: SettlementEngine, load: Load) -> CoreFigures:
 
 
 def bench_with_workers(db_url: str, backend: AnvilBackend, load: Load) -> CoreFigures:
-    shop = SettlementEngine(db_url, backend, roles=frozenset())
+    shop = local_engine(db_url, backend, roles=frozenset())
     try:
         return settle_with_workers(shop, load)
     finally:

@@ -21,12 +21,13 @@ from engine.chain.backends.embedded_state import state_path_for
 from engine.domain.status import PaymentStatus
 from engine.ops.reconcile import ChainTarget, reconcile
 from engine.pipeline.engine import SettlementEngine
+from engine.saga.orchestrator import Orchestrator
 from engine.store.db import open_database, upgrade
 from engine.store.event_store import EventStore
 from engine.store.ledger import Ledger
 from engine.store.projections import count_by_status
 from engine.store.redaction import redact_url
-from engine.tools.localnet import UNIT
+from engine.tools.localnet import UNIT, LocalDeployment, local_engine
 
 FEE_BPS: Final = 50
 AMOUNT: Final = 100 * UNIT
@@ -72,7 +73,7 @@ def run_demo(db_url: str, on_round: Callable[[str], None] = lambda _: None) -> d
         )
     backend = EmbeddedBackend(state_path_for(db_url))
     try:
-        engine = SettlementEngine(db_url, backend)
+        engine = local_engine(db_url, backend, sagas=Orchestrator)
         try:
             return settle_mix(engine, on_round)
         finally:
@@ -82,7 +83,7 @@ def run_demo(db_url: str, on_round: Callable[[str], None] = lambda _: None) -> d
 
 
 def settle_mix(
-    engine: SettlementEngine, on_round: Callable[[str], None] = lambda _: None
+    engine: SettlementEngine[LocalDeployment], on_round: Callable[[str], None] = lambda _: None
 ) -> dict[str, Any]:
     """Run the demo's payments through ``engine`` and return ``summary``."""
     world = engine.deployment
@@ -115,14 +116,14 @@ def settle_mix(
     return summary(engine)
 
 
-def summary(engine: SettlementEngine) -> dict[str, Any]:
+def summary(engine: SettlementEngine[LocalDeployment]) -> dict[str, Any]:
     """What the books say after the run, checked against the chain."""
     ledger = Ledger()
     with engine.db.snapshot() as conn:
         by_status = count_by_status(conn)
         balances = ledger.trial_balance(conn)
         audit = EventStore(engine.db).verify(conn)
-    target = ChainTarget(engine.backend.w3, engine.chain_id, engine.deployment.escrow.address)
+    target = ChainTarget(engine.backend.w3, engine.chain_id, engine.deployment.record.escrow)
     report = reconcile(engine.db, target, now=engine.now())
     token = engine.deployment.token
     symbol = str(token.functions.symbol().call())

@@ -1,5 +1,8 @@
 """A ready-to-use escrow deployment on a local chain: the demo, the gas report and the
 contract tests all start from this one setup, so they measure and show the same thing.
+
+The settlement engine never deploys and never mines; on a local chain this module hands it
+both (``local_engine``): the deployment made here and the chain's miner as its block producer.
 """
 
 from __future__ import annotations
@@ -8,12 +11,10 @@ from dataclasses import dataclass, replace
 from typing import Final
 
 from eth_account.signers.local import LocalAccount
-from eth_utils import to_checksum_address
 from web3.contract import Contract
 from web3.types import TxReceipt
 
 from engine.chain.backends import ChainBackend
-from engine.chain.contracts.compiler import load_artifact
 from engine.chain.contracts.escrow import (
     ESCROW_NAME,
     ROLES,
@@ -22,7 +23,9 @@ from engine.chain.contracts.escrow import (
     sign_payment,
     terms_tuple,
 )
+from engine.chain.deployment import Deployment
 from engine.domain.ids import PaymentTerms
+from engine.pipeline.engine import ALL_ROLES, Role, SagaFactory, SettlementEngine, Signers
 
 STABLECOIN_NAME: Final = "TestStablecoin"
 UNIT: Final = 10**6  # the test stablecoin has 6 decimals, like USDC
@@ -62,6 +65,22 @@ class LocalDeployment:
             "operator": self.operator.address,
             "escrow": self.escrow.address,
         }
+
+    @property
+    def record(self) -> Deployment:
+        """The deployment as a record would state it (the engine reads only that)."""
+        return Deployment(
+            chain_id=self.backend.chain_id,
+            network=self.backend.name,
+            escrow=self.escrow.address,
+            operators=(self.operator.address,),
+            arbiters=(self.arbiter.address,),
+            pausers=(self.pauser.address,),
+        )
+
+    @property
+    def signers(self) -> Signers:
+        return Signers(self.operator.account, self.arbiter.account)
 
     def balance(self, address: str, token: Contract | None = None) -> int:
         return int((token or self.token).functions.balanceOf(address).call())
@@ -112,7 +131,7 @@ class LocalDeployment:
 def deploy_local(backend: ChainBackend) -> LocalDeployment:
     """Deploys escrow and stablecoin, grants roles, funds and approves every party."""
     signers = _signers(backend)
-    admin, operator, arbiter, pauser, payer, merchant, _, _ = signers
+    admin, operator, arbiter, pauser, payer, merchant, fee_receiver, other = signers
     escrow = admin.deploy(ESCROW_NAME, admin.address)
     token = admin.deploy(STABLECOIN_NAME)
     for role, holder in zip(ROLES, (operator, arbiter, pauser), strict=True):
@@ -126,23 +145,6 @@ def deploy_local(backend: ChainBackend) -> LocalDeployment:
     # The merchant lets the operator and the arbiter fund refunds and disputes from it.
     for spender in (operator, arbiter):
         merchant.send(escrow.functions.approveFunding(spender.address, True))
-    return _assembled(backend, escrow, token, signers)
-
-
-def attach_local(backend: ChainBackend, escrow_address: str, token_address: str) -> LocalDeployment:
-    """The deployment ``deploy_local`` made on this chain, as another process (an engine
-    worker beside the one that deployed) sees it: the same contracts and keys."""
-    escrow, token = (
-        backend.w3.eth.contract(address=to_checksum_address(address), abi=load_artifact(name).abi)
-        for name, address in ((ESCROW_NAME, escrow_address), (STABLECOIN_NAME, token_address))
-    )
-    return _assembled(backend, escrow, token, _signers(backend))
-
-
-def _assembled(
-    backend: ChainBackend, escrow: Contract, token: Contract, signers: list[Signer]
-) -> LocalDeployment:
-    admin, operator, arbiter, pauser, payer, merchant, fee_receiver, other = signers
     return LocalDeployment(
         backend=backend,
         escrow=escrow,
@@ -155,6 +157,29 @@ def _assembled(
         merchant=merchant,
         fee_receiver=fee_receiver,
         other=other,
+    )
+
+
+def local_engine(
+    db_url: str,
+    backend: ChainBackend,
+    world: LocalDeployment | None = None,
+    *,
+    confirmations: int = 0,
+    roles: frozenset[Role] = ALL_ROLES,
+    sagas: SagaFactory | None = None,
+) -> SettlementEngine[LocalDeployment]:
+    """A settlement engine on a local chain, through ``world`` (a fresh deployment if None),
+    mining the blocks its ``confirmations`` take; ``engine.deployment`` is the world, with
+    its parties and token, for the caller to pay with."""
+    return SettlementEngine(
+        db_url,
+        backend,
+        deploy_local(backend) if world is None else world,
+        confirmations=confirmations,
+        roles=roles,
+        sagas=sagas,
+        produce_blocks=backend.mine,
     )
 
 

@@ -44,7 +44,7 @@ from engine.store.ledger import Ledger
 from engine.store.projections import chain_steps, load, load_all
 from engine.store.replay import domain_event
 from engine.store.schema import outbox, payment_commands
-from engine.tools.localnet import UNIT, LocalDeployment, deploy_local
+from engine.tools.localnet import UNIT, LocalDeployment, deploy_local, local_engine
 from tests.fixtures.pipeline_support import assert_books_match_chain
 from tests.pipeline.crash_points import (
     COMMAND_CRASH_POINT,
@@ -112,7 +112,7 @@ class CrashMachine(RuleBasedStateMachine):
     # ── the worker ──────────────────────────────────────────────────────────────────────
 
     def _start(self) -> SettlementEngine:
-        engine = SettlementEngine(
+        engine = local_engine(
             self.db_url, self.backend, self.world, confirmations=self.confirmations
         )
         self.crasher.install(engine)

@@ -28,7 +28,7 @@ from engine.store.ledger_entries import EntryState
 from engine.store.projections import load
 from engine.store.replay import verify_replay
 from engine.store.schema import indexer_checkpoints, ledger_entries
-from engine.tools.localnet import UNIT, LocalDeployment, deploy_local
+from engine.tools.localnet import UNIT, LocalDeployment, deploy_local, local_engine
 from tests.chain.contracts.batch_support import deploy_funded_token
 from tests.fixtures.pipeline_support import assert_books_match_chain
 
@@ -44,7 +44,7 @@ def engine(db_url: str) -> Iterator[SettlementEngine]:
     with EmbeddedBackend() as backend:
         deployment = deploy_local(backend)
         token = deploy_funded_token(deployment, "BlocklistToken")
-        settlement = SettlementEngine(db_url, backend, replace(deployment, token=token))
+        settlement = local_engine(db_url, backend, replace(deployment, token=token))
         yield settlement
         settlement.close()
 
@@ -211,7 +211,7 @@ def deep_engine(db_url: str) -> Iterator[SettlementEngine]:
     with EmbeddedBackend() as backend:
         deployment = deploy_local(backend)
         token = deploy_funded_token(deployment, "BlocklistToken")
-        settlement = SettlementEngine(
+        settlement = local_engine(
             db_url,
             backend,
             replace(deployment, token=token),

@@ -20,6 +20,7 @@ from engine.chain.networks import STUCK_AFTER_S_LOCAL
 from engine.domain.events import Authorized, Captured, Conflicted, PaymentRequested
 from engine.domain.money import Leg
 from engine.ops.reconcile import ChainTarget, reconcile
+from engine.pipeline import relay as relay_module
 from engine.pipeline.engine import SettlementEngine
 from engine.pipeline.relay import Relay
 from engine.store.event_store import EventStore
@@ -28,7 +29,7 @@ from engine.store.ledger_accounts import AccountKey, AccountKind, AssetKey
 from engine.store.projections import load, stored_form
 from engine.store.schema import indexer_checkpoints, payment_commands, tx_history, txs
 from engine.tools.demo import settle_mix
-from engine.tools.localnet import UNIT
+from engine.tools.localnet import UNIT, local_engine
 from tests.fixtures.pipeline_support import assert_books_match_chain
 
 AMOUNT = 100 * UNIT
@@ -66,6 +67,40 @@ def authorized_payments(engine: SettlementEngine, count: int) -> list[str]:
         payment_ids.append(engine.service.create(f"c{index}", terms, AMOUNT, signature).payment_id)
     engine.run_until_quiescent()
     return payment_ids
+
+
+def test_the_relay_reads_its_watched_transactions_a_page_at_a_time(
+    engine: SettlementEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three batches in flight at once, looked up in pages of one, all finish."""
+    world = engine.deployment
+    monkeypatch.setattr(relay_module, "WATCHED_PER_PAGE_MAX", 1)
+    engine.relay = Relay(
+        engine.db,
+        engine.outbox,
+        engine.txmanager,
+        world.escrow,
+        "paging-worker",
+        engine.now,
+        operator=world.operator.address,
+        arbiter=world.arbiter.address,
+        batch_ops_max=1,  # a batch, and a watched transaction, per payment
+    )
+    read = engine.txmanager.get_many
+    pages: list[int] = []
+
+    def get_many(keys: list[str]) -> object:
+        pages.append(len(keys))
+        return read(keys)
+
+    monkeypatch.setattr(engine.txmanager, "get_many", get_many)
+
+    payment_ids = authorized_payments(engine, 3)
+
+    assert pages and set(pages) == {1} and len(pages) >= 3
+    with engine.db.snapshot() as conn:
+        statuses = {load(conn, payment_id).payment.status for payment_id in payment_ids}
+    assert statuses == {"requires_capture"}
 
 
 def test_an_operation_sent_again_in_another_batch_is_applied_once(
@@ -134,7 +169,7 @@ def test_the_pipeline_posts_at_the_confirmation_depth_on_anvil(
     token = backend.snapshot()
     db_url = f"sqlite:///{tmp_path_factory.mktemp('anvil') / 'settle.db'}"
     try:
-        engine = SettlementEngine(db_url, backend, confirmations=2)
+        engine = local_engine(db_url, backend, confirmations=2)
         try:
             result = settle_mix(engine)
             assert result["reconciliation"]["mismatched"] == 0
@@ -164,12 +199,12 @@ def test_a_new_engine_over_the_same_database_and_chain_settles_what_was_left(
     db_url: str,
 ) -> None:
     with EmbeddedBackend() as backend:
-        first = SettlementEngine(db_url, backend)
+        first = local_engine(db_url, backend)
         [payment_id] = authorized_payments(first, 1)
         first.service.capture("cap", payment_id, AMOUNT, FEE_BPS)
         first.close()  # stops before relaying the capture
 
-        second = SettlementEngine(db_url, backend, first.deployment)
+        second = local_engine(db_url, backend, first.deployment)
         try:
             second.run_until_quiescent()
             with second.db.snapshot() as conn:
@@ -289,7 +324,7 @@ def test_a_poll_never_splits_a_capture_from_its_legs(db_url: str) -> None:
     """With room for two notices per poll, the capture and its three LegPaid logs still come
     in one poll, so the capture is booked with all its legs."""
     with EmbeddedBackend() as backend:
-        engine = SettlementEngine(db_url, backend)
+        engine = local_engine(db_url, backend)
         try:
             engine.indexer._notices_per_poll_max = 2
             [payment_id] = authorized_payments(engine, 1)
@@ -317,7 +352,7 @@ def test_a_batch_whose_nonce_another_transaction_took_goes_again_as_a_new_one(
     backend: ChainBackend = AnvilBackend(anvil_process)
     snapshot = backend.snapshot()
     db_url = f"sqlite:///{tmp_path_factory.mktemp('replaced') / 'settle.db'}"
-    engine = SettlementEngine(db_url, backend)
+    engine = local_engine(db_url, backend)
     try:
         world = engine.deployment
         terms = world.terms(AMOUNT)
@@ -361,7 +396,7 @@ def test_a_batch_the_node_keeps_unmined_is_replaced_within_seconds_and_settles(
     backend: ChainBackend = AnvilBackend(anvil_process)
     snapshot = backend.snapshot()
     db_url = f"sqlite:///{tmp_path_factory.mktemp('stuck') / 'settle.db'}"
-    engine = SettlementEngine(db_url, backend)
+    engine = local_engine(db_url, backend)
 
     def set_automine(on: bool) -> None:
         backend.w3.manager.request_blocking(RPCEndpoint("evm_setAutomine"), [on])

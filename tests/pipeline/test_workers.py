@@ -35,6 +35,7 @@ from engine.store.projections import count_by_status
 from engine.store.schema import ledger_entries, txs
 from engine.tools.bench_core import SHOP_POLL_S, Load, settle_payments, settle_with_workers
 from engine.tools.fault_proxy import Fault, FaultProxy
+from engine.tools.localnet import local_engine
 from tests.fixtures.pipeline_support import assert_books_match_chain
 
 PAYMENTS = 40
@@ -50,7 +51,7 @@ def shop(postgres_admin: Engine, anvil_process: AnvilProcess) -> Iterator[Settle
     snapshot = backend.snapshot()
     try:
         with scratch_schema(postgres_admin, "test") as url:
-            engine = SettlementEngine(url, backend, roles=frozenset())
+            engine = local_engine(url, backend, roles=frozenset())
             yield engine
             engine.close()
     finally:
@@ -90,7 +91,8 @@ def test_workers_ride_out_a_node_that_stops_answering_for_a_while(
     requests and swallows the answers to two sends: each failed step is taken again after a
     pause, the lost sends are looked up rather than sent twice, and every payment settles."""
     with FaultProxy(shop.backend.process.port) as proxy:  # type: ignore[attr-defined]
-        specs = [replace(spec, anvil_port=proxy.port) for spec in relay_and_mirror(shop)]
+        through_proxy = f"http://127.0.0.1:{proxy.port}"
+        specs = [replace(spec, rpc_url=through_proxy) for spec in relay_and_mirror(shop)]
         with running_workers(specs) as workers:
             proxy.inject(Fault.DROP_RESPONSE, "eth_sendRawTransaction", times=2)
             proxy.inject(Fault.REFUSE, times=8)
@@ -143,7 +145,7 @@ def test_a_worker_that_dies_fails_the_run(shop: SettlementEngine) -> None:
 def test_workers_need_a_node_they_can_share(tmp_path: Path) -> None:
     with EmbeddedBackend() as backend:
         url = f"sqlite:///{tmp_path / 'one.db'}"
-        engine = SettlementEngine(url, backend, roles=frozenset({Role.MIRROR}))
+        engine = local_engine(url, backend, roles=frozenset({Role.MIRROR}))
         try:
             with pytest.raises(TypeError, match="anvil"):
                 relay_and_mirror(engine)

@@ -7,10 +7,10 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from engine.chain.backends import EmbeddedBackend
-from engine.pipeline.engine import SettlementEngine
 from engine.store.projections import count_by_status
 from engine.store.schema import ledger_entries
 from engine.tools.bench_core import CoreFigures, Load, settle_payments, to_report
+from engine.tools.localnet import local_engine
 
 PAYMENTS = 20
 
@@ -18,7 +18,7 @@ PAYMENTS = 20
 def test_a_small_run_settles_every_payment_and_reports_rate_and_lag(tmp_path: Path) -> None:
     progress: list[int] = []
     with EmbeddedBackend() as backend:
-        engine = SettlementEngine(f"sqlite:///{tmp_path / 'bench.db'}", backend)
+        engine = local_engine(f"sqlite:///{tmp_path / 'bench.db'}", backend)
         try:
             figures = settle_payments(engine, Load(PAYMENTS, settled=progress.append))
             with engine.db.snapshot() as conn:
