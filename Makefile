@@ -41,6 +41,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 slither: setup $(STAMP_TOOLS)
 	$(TOOLS)/bin/python scripts/slither_check.py
