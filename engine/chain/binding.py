@@ -9,18 +9,12 @@ payment the database knows look unknown to the chain.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from eth_utils import to_checksum_address
-from sqlalchemy import insert, select
-from sqlalchemy.exc import IntegrityError
 from web3 import Web3
 
 from engine.chain.errors import ChainError
+from engine.store.chain_binding import ChainBinding, bind_once, read_binding
 from engine.store.db import Database
-from engine.store.schema import chain_binding
-
-_BINDING_ROW_ID = 1
 
 
 class ChainMismatch(ChainError):
@@ -35,33 +29,6 @@ class ChainUnbound(ChainError):
     code = "chain_unbound"
 
 
-@dataclass(frozen=True)
-class ChainBinding:
-    chain_id: int
-    genesis_hash: bytes
-    escrow_address: str
-    created_at: int  # unix seconds
-
-    def describe(self) -> str:
-        return (
-            f"chain id {self.chain_id} (genesis 0x{self.genesis_hash.hex()[:12]}…), "
-            f"escrow {self.escrow_address}"
-        )
-
-
-def read_binding(db: Database) -> ChainBinding | None:
-    with db.snapshot() as conn:
-        row = conn.execute(select(chain_binding)).one_or_none()
-    if row is None:
-        return None
-    return ChainBinding(
-        chain_id=row.chain_id,
-        genesis_hash=bytes(row.genesis_hash),
-        escrow_address=row.escrow_address,
-        created_at=row.created_at,
-    )
-
-
 def bind(db: Database, w3: Web3, escrow_address: str, *, now: int) -> ChainBinding:
     """Binds the database to the chain behind `w3` and its escrow; a no-op when it already is
     bound to exactly that, ChainMismatch when it is bound to anything else (a database never
@@ -74,23 +41,7 @@ def bind(db: Database, w3: Web3, escrow_address: str, *, now: int) -> ChainBindi
             "(`settle deploy`) and bind to the address it reports"
         )
     wanted = ChainBinding(chain_id, genesis_hash, escrow, now)
-    try:
-        with db.transaction() as conn:
-            if conn.execute(select(chain_binding.c.id)).first() is None:
-                conn.execute(
-                    insert(chain_binding).values(
-                        id=_BINDING_ROW_ID,
-                        chain_id=chain_id,
-                        genesis_hash=genesis_hash,
-                        escrow_address=escrow,
-                        created_at=now,
-                    )
-                )
-                return wanted
-    except IntegrityError:
-        pass  # another process bound it between our read and our insert: compare with theirs
-    existing = read_binding(db)
-    assert existing is not None, "the binding row is never deleted"
+    existing = bind_once(db, wanted)
     if _same_target(existing, wanted):
         return existing
     raise ChainMismatch(

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, TypeAlias
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 
 from engine.domain.errors import DomainError
 from engine.domain.events import Failed, Party, PaymentRequested
@@ -47,15 +47,13 @@ from engine.domain.payment import (
     decide_void,
 )
 from engine.pipeline.payment_batch import CommandRow, PaymentBatch
-from engine.store.db import Database, one_of
+from engine.store.command_log import commands_by_key
+from engine.store.db import Database
 from engine.store.event_store import Json, canonical_json
 from engine.store.outbox import NewOperation, Outbox
 from engine.store.projections import ProjectedPayment
-from engine.store.schema import payment_commands
 
 IDEMPOTENCY_KEY_LENGTH_MAX = 150
-# Keys one look-up binds: inside every backend's parameter limit.
-_KEYS_PER_QUERY_MAX = 500
 _OP_KIND = {
     "create": "authorize",
     "capture": "capture",
@@ -419,20 +417,12 @@ def _current(batch: PaymentBatch, payment_id: str) -> ProjectedPayment:
 
 def _earlier(conn: Connection, keys: list[str]) -> dict[str, _Earlier]:
     """The commands already accepted under ``keys``."""
-    c = payment_commands.c
     found: dict[str, _Earlier] = {}
-    unique = sorted(set(keys))
-    for first in range(0, len(unique), _KEYS_PER_QUERY_MAX):
-        rows = conn.execute(
-            select(c.idempotency_key, c.kind, c.request, c.outcome).where(
-                one_of(conn, c.idempotency_key, unique[first : first + _KEYS_PER_QUERY_MAX])
-            )
+    for key, row in commands_by_key(conn, keys).items():
+        outcome = json.loads(row.outcome)
+        found[key] = _Earlier(
+            row.kind,
+            row.request,
+            CommandOutcome(outcome["payment_id"], outcome["command"], outcome["op_id"]),
         )
-        for row in rows:
-            outcome = json.loads(row.outcome)
-            found[row.idempotency_key] = _Earlier(
-                row.kind,
-                row.request,
-                CommandOutcome(outcome["payment_id"], outcome["command"], outcome["op_id"]),
-            )
     return found

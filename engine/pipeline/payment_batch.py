@@ -16,11 +16,12 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 
 from engine.domain.events import Event, PaymentRequested
 from engine.domain.payment import apply, start
-from engine.store.db import Database, insert_rows, one_of, update_rows
+from engine.store.command_log import open_commands
+from engine.store.db import Database, insert_rows, update_rows
 from engine.store.event_store import EventStore, NewEvent, StreamAppend
 from engine.store.projections import (
     ProjectedPayment,
@@ -33,9 +34,6 @@ from engine.store.projections import (
     stored_form,
 )
 from engine.store.schema import payment_commands
-
-# Payments one look-up of commands in flight binds: inside every backend's parameter limit.
-_IDS_PER_QUERY_MAX = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,17 +187,10 @@ class PaymentBatch:
 
 
 def _in_flight(conn: Connection, payment_ids: list[str]) -> dict[str, InFlight]:
-    c = payment_commands.c
-    found: dict[str, InFlight] = {}
-    for first in range(0, len(payment_ids), _IDS_PER_QUERY_MAX):
-        chunk = payment_ids[first : first + _IDS_PER_QUERY_MAX]
-        rows = conn.execute(
-            select(c.payment_id, c.idempotency_key, c.kind).where(
-                one_of(conn, c.payment_id, chunk), c.status == "accepted"
-            )
-        )
-        found.update((row.payment_id, InFlight(row.idempotency_key, row.kind)) for row in rows)
-    return found
+    return {
+        payment_id: InFlight(command.idempotency_key, command.kind)
+        for payment_id, command in open_commands(conn, payment_ids).items()
+    }
 
 
 def _command_values(command: CommandRow) -> dict[str, object]:

@@ -46,13 +46,13 @@ from engine.chain.contracts.escrow import (
 from engine.chain.contracts.reverts import ContractReverted
 from engine.chain.errors import ChainError, UnknownIdempotencyKey
 from engine.chain.txmanager.manager import TxManager
-from engine.chain.txmanager.tx_store import TxRecord, TxStatus
 from engine.domain.ids import PaymentTerms
 from engine.pipeline.commands import fail_command, legs_from_json
 from engine.pipeline.payment_batch import PaymentBatch
 from engine.store.db import Database
 from engine.store.event_store import Json
 from engine.store.outbox import NotLeaseHolder, Outbox, OutboxRow, OutboxStatus
+from engine.store.transactions import TxRecord, TxStatus
 
 BATCH_OPS_MAX = 100  # the escrow takes 256 records per batch; smaller batches estimate faster
 # Batches one step claims and sends: enough to keep the chain busy, few enough that a step's

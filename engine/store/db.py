@@ -401,6 +401,18 @@ def _bind_processor(conn: Connection, column: Column[Any]) -> Callable[[Any], An
 
 
 @contextmanager
+def server_scratch_schema(server_url: str, prefix: str) -> Iterator[str]:
+    """``scratch_schema`` on the PostgreSQL server at ``server_url``, for a caller that has
+    only the URL (a benchmark that runs in a fresh schema and leaves nothing behind)."""
+    admin = create_engine(normalise_url(server_url), isolation_level="AUTOCOMMIT")
+    try:
+        with scratch_schema(admin, prefix) as url:
+            yield url
+    finally:
+        admin.dispose()
+
+
+@contextmanager
 def scratch_schema(admin: Engine, prefix: str) -> Iterator[str]:
     """A URL into a new, uniquely named PostgreSQL schema, dropped with everything in it on
     the way out. ``admin`` is an AUTOCOMMIT engine on the server; the URL's search_path puts

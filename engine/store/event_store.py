@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar, NamedTuple, TypeAlias, cast
 
-from sqlalchemy import Connection, Row, exists, select
+from sqlalchemy import Connection, Row, exists, func, select
 
 from engine.store.db import Database, insert_rows, one_of, update_rows
 from engine.store.schema import (
@@ -300,6 +300,29 @@ class EventStore:
             stream_id, version = orphans[0]
             first_bad = ChainBreak(stream_id, version, "stream head has no events")
         return AuditResult(stream_count, event_count, first_bad)
+
+
+class KindAt(NamedTuple):
+    position: int
+    stream_id: str
+    kind: str
+
+
+def last_position(conn: Connection) -> int:
+    """The position of the newest event, 0 before the first."""
+    return int(conn.execute(select(func.max(events.c.position))).scalar() or 0)
+
+
+def kinds_after(conn: Connection, after_position: int, kinds: Sequence[str]) -> list[KindAt]:
+    """Where events of ``kinds`` with a position above ``after_position`` were booked; a
+    watcher that asks again from the last position it saw reads each event once."""
+    c = events.c
+    rows = conn.execute(
+        select(c.position, c.stream_id, c.kind).where(
+            c.position > after_position, c.kind.in_(list(kinds))
+        )
+    )
+    return [KindAt(position, stream_id, kind) for position, stream_id, kind in rows]
 
 
 def _heads(conn: Connection, stream_ids: Sequence[str]) -> dict[str, tuple[int, bytes]]:

@@ -30,9 +30,9 @@ from engine.chain.contracts.escrow import BatchOp, Method, encode_batch, terms_t
 from engine.chain.rpc import HttpRpc
 from engine.chain.txmanager.fees import FeePolicy
 from engine.chain.txmanager.manager import SystemClock, TxManager, TxManagerConfig, TxRequest
-from engine.chain.txmanager.tx_store import TxStatus
 from engine.domain.ids import PaymentTerms
 from engine.store.db import open_database, upgrade
+from engine.store.transactions import TxStatus
 from engine.tools.localnet import UNIT, LocalDeployment, deploy_local
 
 OPS_DEFAULT: Final = 1000

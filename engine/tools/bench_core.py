@@ -28,13 +28,10 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
-
-from sqlalchemy import create_engine, func, select
 
 from engine.chain.backends import AnvilBackend, ChainBackend, EmbeddedBackend
 from engine.chain.backends.anvil import AnvilConfig
@@ -49,9 +46,9 @@ from engine.pipeline.commands import (
 from engine.pipeline.engine import SettlementEngine
 from engine.pipeline.workers import relay_and_mirror, running_workers
 from engine.saga.orchestrator import Orchestrator
-from engine.store.db import normalise_url, open_database, scratch_schema
+from engine.store.db import normalise_url, open_database, server_scratch_schema
+from engine.store.event_store import kinds_after, last_position
 from engine.store.redaction import redact_url
-from engine.store.schema import events
 from engine.tools.localnet import UNIT, LocalDeployment, local_engine
 
 PAYMENTS_DEFAULT: Final = 1000
@@ -207,17 +204,12 @@ class _Bookings:
     def __init__(self, engine: SettlementEngine[LocalDeployment]) -> None:
         self._db = engine.db
         with self._db.snapshot() as conn:
-            self._after = conn.execute(select(func.max(events.c.position))).scalar() or 0
+            self._after = last_position(conn)
 
     def since_last_look(self) -> tuple[set[str], set[str]]:
-        c = events.c
         found: dict[str, set[str]] = {"authorized": set(), "captured": set()}
         with self._db.snapshot() as conn:
-            rows = conn.execute(
-                select(c.position, c.stream_id, c.kind).where(
-                    c.position > self._after, c.kind.in_(list(found))
-                )
-            ).all()
+            rows = kinds_after(conn, self._after, list(found))
         for row in rows:
             found[row.kind].add(row.stream_id)
             self._after = max(self._after, row.position)
@@ -254,21 +246,13 @@ def bench_with_workers(db_url: str, backend: AnvilBackend, load: Load) -> CoreFi
         shop.close()
 
 
-@contextmanager
-def fresh_schema(server_url: str) -> Iterator[str]:
-    """A URL into a new, uniquely named schema of ``server_url``, dropped on the way out."""
-    admin = create_engine(normalise_url(server_url), isolation_level="AUTOCOMMIT")
-    try:
-        with scratch_schema(admin, "bench") as url:
-            yield url
-    finally:
-        admin.dispose()
-
-
 def bench_anvil_postgresql(
     server_url: str, load: Load, *, single_process: bool = False
 ) -> CoreFigures:
-    with fresh_schema(server_url) as url, AnvilBackend.launch(AnvilConfig()) as backend:
+    with (
+        server_scratch_schema(server_url, "bench") as url,
+        AnvilBackend.launch(AnvilConfig()) as backend,
+    ):
         if single_process:
             return bench_backend(url, backend, load)
         return bench_with_workers(url, backend, load)

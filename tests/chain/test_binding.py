@@ -18,8 +18,8 @@ from engine.chain.binding import (
     ChainUnbound,
     bind,
     check_binding,
-    read_binding,
 )
+from engine.store.chain_binding import read_binding
 from engine.store.db import Database
 from engine.store.schema import chain_binding
 

@@ -11,9 +11,9 @@ import pytest
 
 from engine.chain.errors import UnknownNetwork
 from engine.chain.networks import ANVIL_CHAIN_ID
-from engine.chain.txmanager.tx_store import TxStore
 from engine.cli.chain_check import cmd_chain_check
 from engine.store.db import open_database, upgrade
+from engine.store.transactions import TxStore
 from engine.tools.chain_check.errors import (
     ChainCheckDatabaseInUse,
     ChainCheckInvalidSize,

@@ -27,14 +27,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from functools import partial
 from itertools import takewhile
 from typing import Any, ClassVar, Final, NamedTuple
 
 from eth_utils import to_checksum_address
-from sqlalchemy import Connection, Row, delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection
 from web3 import Web3
 
 from engine.chain.contracts.logs import (
@@ -46,15 +44,17 @@ from engine.chain.contracts.logs import (
 )
 from engine.chain.errors import ChainError
 from engine.chain.rpc import RPC_BATCH_SIZE_MAX, RpcCall, data, hex_data, ok, quantity, rpc_for
-from engine.store.db import Database, insert_rows, one_of
-from engine.store.schema import (
-    CONSUMER_NAME_LENGTH_MAX,
-    indexer_blocks,
-    indexer_checkpoints,
-    indexer_deliveries,
-    indexer_logs,
-    indexer_notices,
+from engine.store import escrow_logs
+from engine.store.db import Database
+from engine.store.escrow_logs import (
+    CheckpointStore,
+    DeliveryKey,
+    LogStage,
+    NewLog,
+    StoredNotice,
+    open_checkpoint,
 )
+from engine.store.schema import CONSUMER_NAME_LENGTH_MAX
 
 # How many of the last scanned blocks every poll fetches again: the tip alone reveals any
 # reorg below it (each hash covers its parent), the few below it locate a shallow fork point
@@ -65,14 +65,6 @@ REORG_DEPTH_MAX_DEFAULT: Final = 128
 NOTICES_PER_POLL_MAX_DEFAULT: Final = 1_000
 # Notices read at a time while completing the last transaction of a full poll.
 _SAME_TX_NOTICES_MAX: Final = 256
-# Deliveries one dedupe look-up binds (four parameters each): inside every backend's limit.
-_DELIVERIES_PER_QUERY_MAX: Final = 500
-
-
-class LogStage(StrEnum):
-    PENDING = "pending"  # in a block the indexer verified, not yet deep enough
-    CONFIRMED = "confirmed"  # `confirmations` blocks on top of its block
-    REMOVED = "removed"  # its block left the chain after the log was handed out
 
 
 class IndexerError(ChainError):
@@ -187,7 +179,6 @@ class _BlockGone(Exception):
 
 @dataclass(frozen=True, slots=True)
 class _Checkpoint:
-    id: int
     start_block: int
     scanned_through: int
     version: int
@@ -241,7 +232,9 @@ class Indexer:
         self._notices_per_poll_max = notices_per_poll_max
         self._topics = [hex_data(topic) for topic in event_topics()]
         self.chain_id: int = quantity(self._rpc.call("eth_chainId", []))
-        self._checkpoint_id = self._open_checkpoint(start_block)
+        self._checkpoint = CheckpointStore(
+            open_checkpoint(db, self.chain_id, self._escrow, start_block)
+        )
 
     def poll(self) -> PollResult:
         """Advance by at most `blocks_per_poll_max` blocks (after a rollback, also re-read the
@@ -261,19 +254,11 @@ class Indexer:
         through = result.through
         if through is None:
             return
-        statement = (
-            update(indexer_checkpoints)
-            .where(
-                indexer_checkpoints.c.id == self._checkpoint_id,
-                indexer_checkpoints.c.acknowledged_through < through,
-            )
-            .values(acknowledged_through=through)
-        )
         if conn is not None:
-            conn.execute(statement)
+            self._checkpoint.acknowledge(conn, through)
             return
         with self._db.transaction() as own:
-            own.execute(statement)
+            self._checkpoint.acknowledge(own, through)
 
     # ───────────────────────────── reading the chain ─────────────────────────────
 
@@ -354,42 +339,15 @@ class Indexer:
         timestamps = {header.number: header.timestamp for header in headers}
         with self._db.transaction() as conn:
             self._advance(conn, checkpoint, last)
-            insert_rows(
-                conn,
-                indexer_blocks,
-                [
-                    {
-                        "checkpoint_id": checkpoint.id,
-                        "number": h.number,
-                        "hash": h.hash,
-                        "parent_hash": h.parent_hash,
-                    }
-                    for h in headers
-                ],
-            )
-            conn.execute(
-                delete(indexer_blocks).where(
-                    indexer_blocks.c.checkpoint_id == checkpoint.id,
-                    indexer_blocks.c.number < last - self._reorg_depth_max,
-                )
-            )
+            self._checkpoint.add_blocks(conn, headers, keep_from=last - self._reorg_depth_max)
             # Logs seen before now come first: they sit in lower blocks than the new ones.
-            matured = conn.execute(
-                select(indexer_logs.c.id)
-                .where(
-                    indexer_logs.c.checkpoint_id == checkpoint.id,
-                    indexer_logs.c.stage == LogStage.PENDING,
-                    indexer_logs.c.block_number <= confirmed_through,
-                )
-                .order_by(indexer_logs.c.block_number, indexer_logs.c.log_index)
-            ).scalars()
-            self._set_stage(conn, checkpoint.id, list(matured), LogStage.CONFIRMED)
-            self._store_logs(conn, checkpoint.id, logs, confirmed_through, timestamps)
+            matured = self._checkpoint.pending_through(conn, confirmed_through)
+            self._set_stage(conn, matured, LogStage.CONFIRMED)
+            self._store_logs(conn, logs, confirmed_through, timestamps)
 
     def _store_logs(
         self,
         conn: Connection,
-        checkpoint_id: int,
         logs: Sequence[_Log],
         confirmed_through: int,
         timestamps: dict[int, int],
@@ -399,18 +357,7 @@ class Indexer:
         if not logs:
             return
         # Rows in these blocks exist only if a reorg removed them and the chain came back.
-        revivable = {
-            (bytes(row.block_hash), row.log_index): row.id
-            for row in conn.execute(
-                select(
-                    indexer_logs.c.id, indexer_logs.c.block_hash, indexer_logs.c.log_index
-                ).where(
-                    indexer_logs.c.checkpoint_id == checkpoint_id,
-                    indexer_logs.c.block_number >= logs[0].block_number,
-                    indexer_logs.c.stage == LogStage.REMOVED,
-                )
-            )
-        }
+        revivable = self._checkpoint.removed_from(conn, logs[0].block_number)
         stages = {
             log.key: LogStage.CONFIRMED
             if log.block_number <= confirmed_through
@@ -420,156 +367,64 @@ class Indexer:
         ids = {key: revivable[key] for key in stages if key in revivable}
         fresh = [log for log in logs if log.key not in revivable]
         if fresh:
-            inserted = insert_rows(
+            inserted = self._checkpoint.add_logs(
                 conn,
-                indexer_logs,
-                [
-                    _log_row(checkpoint_id, log, timestamps[log.block_number], stages[log.key])
-                    for log in fresh
-                ],
-                returning=indexer_logs.c.id,
+                [_new_log(log, timestamps[log.block_number], stages[log.key]) for log in fresh],
             )
             ids.update(zip((log.key for log in fresh), inserted, strict=True))
         for stage in (LogStage.CONFIRMED, LogStage.PENDING):
             revived = [ids[key] for key in ids if key in revivable and stages[key] is stage]
             if revived:
-                conn.execute(
-                    update(indexer_logs)
-                    .where(one_of(conn, indexer_logs.c.id, revived))
-                    .values(stage=stage.value)
-                )
-        self._notify(conn, checkpoint_id, [(ids[log.key], stages[log.key]) for log in logs])
+                self._checkpoint.set_stage(conn, revived, stage)
+        self._checkpoint.add_notices(conn, [(ids[log.key], stages[log.key]) for log in logs])
 
     def _roll_back(self, checkpoint: _Checkpoint, fork: int) -> None:
         with self._db.transaction() as conn:
             self._advance(conn, checkpoint, fork)
-            gone = conn.execute(
-                select(indexer_logs.c.id)
-                .where(
-                    indexer_logs.c.checkpoint_id == checkpoint.id,
-                    indexer_logs.c.block_number > fork,
-                    indexer_logs.c.stage != LogStage.REMOVED,
-                )
-                .order_by(indexer_logs.c.block_number, indexer_logs.c.log_index)
-            ).scalars()
-            self._set_stage(conn, checkpoint.id, list(gone), LogStage.REMOVED)
-            conn.execute(
-                delete(indexer_blocks).where(
-                    indexer_blocks.c.checkpoint_id == checkpoint.id,
-                    indexer_blocks.c.number > fork,
-                )
-            )
+            gone = self._checkpoint.live_above(conn, fork)
+            self._set_stage(conn, gone, LogStage.REMOVED)
+            self._checkpoint.drop_blocks_above(conn, fork)
 
     def _advance(self, conn: Connection, checkpoint: _Checkpoint, scanned_through: int) -> None:
-        moved = conn.execute(
-            update(indexer_checkpoints)
-            .where(
-                indexer_checkpoints.c.id == checkpoint.id,
-                indexer_checkpoints.c.version == checkpoint.version,
-            )
-            .values(scanned_through=scanned_through, version=checkpoint.version + 1)
-        )
-        if moved.rowcount != 1:
+        if not self._checkpoint.advance(conn, checkpoint.version, scanned_through):
             raise IndexerConflict(
                 f"the indexer checkpoint of {self._escrow} on chain {self.chain_id} was "
                 "advanced by another indexer; run one indexer per escrow"
             )
 
-    def _set_stage(
-        self, conn: Connection, checkpoint_id: int, log_ids: list[int], stage: LogStage
-    ) -> None:
+    def _set_stage(self, conn: Connection, log_ids: list[int], stage: LogStage) -> None:
+        """Move the logs to `stage` and queue a notice for each, in the order given."""
         if not log_ids:
             return
-        conn.execute(
-            update(indexer_logs)
-            .where(one_of(conn, indexer_logs.c.id, log_ids))
-            .values(stage=stage.value)
-        )
-        self._notify(conn, checkpoint_id, [(log_id, stage) for log_id in log_ids])
-
-    @staticmethod
-    def _notify(
-        conn: Connection, checkpoint_id: int, notices: Sequence[tuple[int, LogStage]]
-    ) -> None:
-        """Queue a notice per (log id, stage), in the order given: the order of delivery."""
-        if not notices:
-            return
-        insert_rows(
-            conn,
-            indexer_notices,
-            [
-                {"checkpoint_id": checkpoint_id, "log_id": log_id, "stage": stage.value}
-                for log_id, stage in notices
-            ],
-        )
+        self._checkpoint.set_stage(conn, log_ids, stage)
+        self._checkpoint.add_notices(conn, [(log_id, stage) for log_id in log_ids])
 
     # ────────────────────────────── checkpoint state ─────────────────────────────
-
-    def _open_checkpoint(self, start_block: int) -> int:
-        key = (
-            indexer_checkpoints.c.chain_id == self.chain_id,
-            indexer_checkpoints.c.escrow_address == self._escrow,
-        )
-        with self._db.snapshot() as conn:
-            found = conn.execute(select(indexer_checkpoints.c.id).where(*key)).scalar()
-            if found is not None:
-                return int(found)
-        try:
-            with self._db.transaction() as conn:
-                created = conn.execute(
-                    insert(indexer_checkpoints)
-                    .values(
-                        chain_id=self.chain_id,
-                        escrow_address=self._escrow,
-                        start_block=start_block,
-                        scanned_through=start_block - 1,
-                        acknowledged_through=0,
-                        version=0,
-                    )
-                    .returning(indexer_checkpoints.c.id)
-                ).scalar_one()
-                return int(created)
-        except IntegrityError:  # another indexer created it first
-            with self._db.snapshot() as conn:
-                return int(conn.execute(select(indexer_checkpoints.c.id).where(*key)).scalar_one())
 
     def _load(self, head: int) -> _Checkpoint:
         """The checkpoint, with the hashes a poll at chain head ``head`` rechecks."""
         with self._db.snapshot() as conn:
-            row = conn.execute(
-                select(indexer_checkpoints).where(indexer_checkpoints.c.id == self._checkpoint_id)
-            ).one()
-            tip = min(row.scanned_through, head)
-            recent = self._hashes(conn, above=tip - RECHECK_BLOCKS)
+            state = self._checkpoint.state(conn)
+            tip = min(state.scanned_through, head)
+            recent = self._checkpoint.block_hashes(conn, above=tip - RECHECK_BLOCKS)
         return _Checkpoint(
-            id=self._checkpoint_id,
-            start_block=row.start_block,
-            scanned_through=row.scanned_through,
-            version=row.version,
+            start_block=state.start_block,
+            scanned_through=state.scanned_through,
+            version=state.version,
             hashes=recent,
         )
 
-    def _hashes(self, conn: Connection | None = None, above: int = -1) -> dict[int, bytes]:
-        """The stored hashes of scanned blocks numbered above ``above`` (all by default)."""
-        if conn is None:
-            with self._db.snapshot() as own:
-                return self._hashes(own, above)
-        b = indexer_blocks.c
-        rows = conn.execute(
-            select(b.number, b.hash).where(b.checkpoint_id == self._checkpoint_id, b.number > above)
-        )
-        return {number: bytes(block_hash) for number, block_hash in rows}
+    def _hashes(self) -> dict[int, bytes]:
+        """The stored hashes of every scanned block kept."""
+        with self._db.snapshot() as conn:
+            return self._checkpoint.block_hashes(conn)
 
     def _undelivered(self) -> tuple[LogNotice, ...]:
         """Unacknowledged notices, up to the limit, but never part of one transaction's: a
         consumer sees a capture's LegPaid logs in the same poll as the capture."""
         with self._db.snapshot() as conn:
-            acknowledged = conn.execute(
-                select(indexer_checkpoints.c.acknowledged_through).where(
-                    indexer_checkpoints.c.id == self._checkpoint_id
-                )
-            ).scalar_one()
-            rows = self._notice_rows(conn, acknowledged, self._notices_per_poll_max)
+            acknowledged = self._checkpoint.acknowledged_through(conn)
+            rows = self._checkpoint.notices_after(conn, acknowledged, self._notices_per_poll_max)
             while len(rows) >= self._notices_per_poll_max:
                 last = rows[-1]
                 # Only the run right after the last row: acknowledging a poll passes every
@@ -577,29 +432,13 @@ class Indexer:
                 more = list(
                     takewhile(
                         partial(_same_transaction, last),
-                        self._notice_rows(conn, last.sequence, _SAME_TX_NOTICES_MAX),
+                        self._checkpoint.notices_after(conn, last.sequence, _SAME_TX_NOTICES_MAX),
                     )
                 )
                 rows.extend(more)
                 if len(more) < _SAME_TX_NOTICES_MAX:
                     break
-        return tuple(LogNotice(row.sequence, LogStage(row.stage), _escrow_log(row)) for row in rows)
-
-    def _notice_rows(self, conn: Connection, after: int, limit: int) -> list[Row[Any]]:
-        return list(
-            conn.execute(
-                select(
-                    indexer_notices.c.id.label("sequence"), indexer_notices.c.stage, indexer_logs
-                )
-                .join(indexer_logs, indexer_logs.c.id == indexer_notices.c.log_id)
-                .where(
-                    indexer_notices.c.checkpoint_id == self._checkpoint_id,
-                    indexer_notices.c.id > after,
-                )
-                .order_by(indexer_notices.c.id)
-                .limit(limit)
-            )
-        )
+        return tuple(LogNotice(row.sequence, row.stage, _escrow_log(row)) for row in rows)
 
 
 class NoticeDedupe:
@@ -624,65 +463,32 @@ class NoticeDedupe:
         """``first_delivery`` for a poll's notices in one look-up and one insert; a notice
         repeated within ``notices`` counts as delivered at its first place."""
         keys = [_delivery_key(notice) for notice in notices]
-        d = indexer_deliveries.c
-        seen: set[tuple[str, bytes, bytes, int]] = set()
-        unique = sorted(set(keys))
-        for first in range(0, len(unique), _DELIVERIES_PER_QUERY_MAX):
-            chunk = unique[first : first + _DELIVERIES_PER_QUERY_MAX]
-            rows = conn.execute(
-                select(d.stage, d.block_hash, d.tx_hash, d.log_index).where(
-                    d.consumer == self.consumer,
-                    one_of(conn, (d.stage, d.block_hash, d.tx_hash, d.log_index), chunk),
-                )
-            )
-            seen.update((r.stage, bytes(r.block_hash), bytes(r.tx_hash), r.log_index) for r in rows)
+        seen = escrow_logs.delivered(conn, self.consumer, keys)
         fresh: list[bool] = []
-        rows_to_insert: list[dict[str, object]] = []
+        first_keys: list[DeliveryKey] = []
         for key in keys:
             first_time = key not in seen
             fresh.append(first_time)
             if first_time:
                 seen.add(key)
-                stage, block_hash, tx_hash, log_index = key
-                rows_to_insert.append(
-                    {
-                        "consumer": self.consumer,
-                        "stage": stage,
-                        "block_hash": block_hash,
-                        "tx_hash": tx_hash,
-                        "log_index": log_index,
-                    }
-                )
-        if rows_to_insert:
-            insert_rows(conn, indexer_deliveries, rows_to_insert)
+                first_keys.append(key)
+        escrow_logs.record_deliveries(conn, self.consumer, first_keys)
         return fresh
 
     def confirmed_applied(self, conn: Connection, notices: Sequence[LogNotice]) -> set[LogKey]:
         """The logs of ``notices`` whose confirmed notice this consumer has applied: for a
         removed log, whether its fact had been taken as final. Ask before recording a poll's
         deliveries, which would count that poll's own confirmed notices, wherever they stand."""
-        d = indexer_deliveries.c
-        columns = (d.block_hash, d.tx_hash, d.log_index)
-        keys = sorted({notice.log.key for notice in notices})
-        found: set[LogKey] = set()
-        for first in range(0, len(keys), _DELIVERIES_PER_QUERY_MAX):
-            rows = conn.execute(
-                select(*columns).where(
-                    d.consumer == self.consumer,
-                    d.stage == LogStage.CONFIRMED.value,
-                    one_of(conn, columns, keys[first : first + _DELIVERIES_PER_QUERY_MAX]),
-                )
-            )
-            found.update(LogKey(bytes(h), bytes(t), i) for h, t, i in rows)
-        return found
+        logs = [notice.log.key for notice in notices]
+        return {LogKey(*key) for key in escrow_logs.confirmed_delivered(conn, self.consumer, logs)}
 
 
-def _delivery_key(notice: LogNotice) -> tuple[str, bytes, bytes, int]:
+def _delivery_key(notice: LogNotice) -> DeliveryKey:
     log = notice.log
     return notice.stage.value, log.block_hash, log.tx_hash, log.log_index
 
 
-def _same_transaction(first: Row[Any], row: Row[Any]) -> bool:
+def _same_transaction(first: StoredNotice, row: StoredNotice) -> bool:
     """Whether two notice rows are of one transaction's logs at one stage."""
     return (row.stage, row.tx_hash, row.block_hash) == (
         first.stage,
@@ -727,34 +533,30 @@ def _in_chain_order(logs: Iterable[_Log]) -> list[_Log]:
     return sorted(logs, key=lambda log: (log.block_number, log.log_index))
 
 
-def _log_row(
-    checkpoint_id: int, log: _Log, block_timestamp: int, stage: LogStage
-) -> dict[str, object]:
-    return {
-        "checkpoint_id": checkpoint_id,
-        "block_number": log.block_number,
-        "block_hash": log.block_hash,
-        "block_timestamp": block_timestamp,
-        "tx_hash": log.tx_hash,
-        "log_index": log.log_index,
+def _new_log(log: _Log, block_timestamp: int, stage: LogStage) -> NewLog:
+    return NewLog(
+        block_number=log.block_number,
+        block_hash=log.block_hash,
+        block_timestamp=block_timestamp,
+        tx_hash=log.tx_hash,
+        log_index=log.log_index,
         # Decoding here refuses a log the engine could not deliver, before it is stored.
-        "event": event_name(decode_event(log.topics, log.data)),
-        "topics": b"".join(log.topics),
-        "data": log.data,
-        "stage": stage.value,
-    }
+        event=event_name(decode_event(log.topics, log.data)),
+        topics=b"".join(log.topics),
+        data=log.data,
+        stage=stage,
+    )
 
 
-def _escrow_log(row: Row[Any]) -> EscrowLog:
-    raw_topics = bytes(row.topics)
+def _escrow_log(row: StoredNotice) -> EscrowLog:
     topics = [
-        raw_topics[start : start + TOPIC_BYTES] for start in range(0, len(raw_topics), TOPIC_BYTES)
+        row.topics[start : start + TOPIC_BYTES] for start in range(0, len(row.topics), TOPIC_BYTES)
     ]
     return EscrowLog(
         block_number=row.block_number,
-        block_hash=bytes(row.block_hash),
+        block_hash=row.block_hash,
         block_timestamp=row.block_timestamp,
-        tx_hash=bytes(row.tx_hash),
+        tx_hash=row.tx_hash,
         log_index=row.log_index,
-        event=decode_event(topics, bytes(row.data)),
+        event=decode_event(topics, row.data),
     )

@@ -9,21 +9,13 @@ from dataclasses import dataclass
 from typing import Final
 
 from engine.chain.errors import FeeCapTooLow
+from engine.store.transactions import Fees
 
 # Nodes accept a replacement (same sender and nonce) only if it raises both the max fee and
 # the tip by a minimum step: geth's txpool default is 10 %, other clients use 12.5 %; 12.5 %
 # satisfies both.
 FEE_BUMP_PERMILLE_MIN: Final = 125
 PERMILLE: Final = 1000
-
-
-@dataclass(frozen=True)
-class Fees:
-    max_fee_per_gas: int
-    max_priority_fee_per_gas: int
-
-    def __post_init__(self) -> None:
-        assert 0 <= self.max_priority_fee_per_gas <= self.max_fee_per_gas, self
 
 
 @dataclass(frozen=True)

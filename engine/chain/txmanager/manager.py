@@ -42,12 +42,14 @@ from engine.chain.errors import (
     UnknownLane,
 )
 from engine.chain.rpc import Rpc, RpcCall, call_object, hex_data, ok, quantity
-from engine.chain.txmanager.fees import FeePolicy, Fees
+from engine.chain.txmanager.fees import FeePolicy
 from engine.chain.txmanager.settle import ChainView, PumpReport, Settler
 from engine.chain.txmanager.sign import LaneSigner
-from engine.chain.txmanager.tx_store import (
+from engine.store.db import Database, notify
+from engine.store.transactions import (
     Attempt,
     Change,
+    Fees,
     HistoryEntry,
     NewAttempt,
     NewTx,
@@ -55,7 +57,6 @@ from engine.chain.txmanager.tx_store import (
     TxStatus,
     TxStore,
 )
-from engine.store.db import Database, notify
 
 # Notified (engine.store.db.notify) when the node took transactions: what chain readers (the
 # mirror worker) wait on, since a local node mines them at once.

@@ -18,7 +18,7 @@ from eth_utils import to_checksum_address
 from engine.chain.contracts.reverts import decode_revert
 from engine.chain.errors import RpcRequestFailed
 from engine.chain.rpc import Rpc, RpcCall, call_object, data, hex_data, ok, quantity
-from engine.chain.txmanager.tx_store import Attempt, Change, TxRecord, TxStatus
+from engine.store.transactions import Attempt, Change, TxRecord, TxStatus
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from eth_account.signers.local import LocalAccount
 from eth_keys import keys
 from eth_utils import keccak, to_checksum_address
 
-from engine.chain.txmanager.fees import Fees
+from engine.store.transactions import Fees
 
 EIP1559_TYPE: Final = b"\x02"
 _EMPTY_ACCESS_LIST: Final = b"\xc0"

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Final
 
 from eth_account.signers.local import LocalAccount
-from sqlalchemy import func, select
 
 from engine.chain.backends import AnvilBackend
 from engine.chain.backends.anvil import AnvilConfig
@@ -39,9 +38,9 @@ from engine.chain.networks import ANVIL_CHAIN_ID
 from engine.chain.rpc import HttpRpc
 from engine.chain.txmanager.fees import FeePolicy
 from engine.chain.txmanager.manager import TxManager, TxManagerConfig
-from engine.chain.txmanager.tx_store import TxRecord, TxStatus
 from engine.store.db import Database, open_database, upgrade
-from engine.store.schema import indexer_checkpoints, tx_lanes
+from engine.store.escrow_logs import checkpoint_count
+from engine.store.transactions import TxRecord, TxStatus, TxStore
 from engine.tools.chain_check.errors import (
     ChainCheckDatabaseInUse,
     ChainCheckInvalidSize,
@@ -139,14 +138,8 @@ def _refuse_used(db_url: str, chain_id: int) -> None:
     database = open_database(db_url)
     try:
         with database.snapshot() as conn:
-            lanes = conn.execute(
-                select(func.count()).select_from(tx_lanes).where(tx_lanes.c.chain_id == chain_id)
-            ).scalar_one()
-            checkpoints = conn.execute(
-                select(func.count())
-                .select_from(indexer_checkpoints)
-                .where(indexer_checkpoints.c.chain_id == chain_id)
-            ).scalar_one()
+            lanes = TxStore(chain_id).lane_nonces(conn)
+            checkpoints = checkpoint_count(conn, chain_id)
     finally:
         database.dispose()
     if lanes or checkpoints:

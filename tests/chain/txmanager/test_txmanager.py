@@ -38,11 +38,11 @@ from engine.chain.errors import (
 )
 from engine.chain.networks import ANVIL_CHAIN_ID
 from engine.chain.rpc import HttpRpc, Rpc, rpc_for
-from engine.chain.txmanager.fees import FeePolicy, Fees
+from engine.chain.txmanager.fees import FeePolicy
 from engine.chain.txmanager.manager import TxManager, TxManagerConfig, TxRequest
 from engine.chain.txmanager.sign import LaneSigner
-from engine.chain.txmanager.tx_store import TxRecord, TxStatus
 from engine.store.db import Database, open_database
+from engine.store.transactions import Fees, TxRecord, TxStatus
 
 pytestmark = pytest.mark.anvil
 

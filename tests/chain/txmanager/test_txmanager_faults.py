@@ -22,11 +22,10 @@ import pytest
 from engine.chain.errors import RpcUnavailable, UnknownIdempotencyKey
 from engine.chain.networks import ANVIL_CHAIN_ID
 from engine.chain.rpc import HttpRpc
-from engine.chain.txmanager.fees import Fees
 from engine.chain.txmanager.manager import TxManager
 from engine.chain.txmanager.sign import LaneSigner
-from engine.chain.txmanager.tx_store import TxStatus
 from engine.store.db import Database, open_database
+from engine.store.transactions import Fees, TxStatus
 from engine.tools.fault_proxy import Fault, FaultProxy
 from tests.chain.txmanager.test_txmanager import (
     ManualClock,

@@ -1,4 +1,5 @@
-"""The transaction manager's SQL: signer lanes, transaction rows, signed attempts, history.
+"""The transaction manager's SQL (engine/chain/txmanager): signer lanes, transaction rows,
+signed attempts, history.
 
 Every write happens inside a transaction the caller opens (`Database.transaction()`), so the
 manager decides what commits together: a nonce with the row that takes it, a status change with
@@ -14,7 +15,6 @@ from typing import Any, Final
 
 from sqlalchemy import Connection, Row, bindparam, func, insert, select, update
 
-from engine.chain.txmanager.fees import Fees
 from engine.store.db import one_of
 from engine.store.schema import TX_STATUSES, tx_attempts, tx_history, tx_lanes, txs
 
@@ -45,6 +45,18 @@ class TxStatus(StrEnum):
 FINAL_STATUSES: Final = frozenset({TxStatus.CONFIRMED, TxStatus.FAILED, TxStatus.REPLACED})
 OPEN_STATUSES: Final = (TxStatus.QUEUED, TxStatus.SENT, TxStatus.MINED)
 assert {status.value for status in TxStatus} == set(TX_STATUSES)
+
+
+@dataclass(frozen=True)
+class Fees:
+    """An EIP-1559 fee offer in wei per gas, as an attempt is signed and stored with it (the
+    policy that chooses it is the chain's: engine/chain/txmanager/fees.py)."""
+
+    max_fee_per_gas: int
+    max_priority_fee_per_gas: int
+
+    def __post_init__(self) -> None:
+        assert 0 <= self.max_priority_fee_per_gas <= self.max_fee_per_gas, self
 
 
 @dataclass(frozen=True)
