@@ -31,6 +31,7 @@ from engine.domain.events import (
 from engine.domain.ids import IdPrefix, PaymentTerms, new_id
 from engine.domain.money import Leg
 from engine.domain.payment import Payment, PaymentStatus, apply, decide_request, start
+from engine.store import ledger as ledger_module
 from engine.store.db import Database
 from engine.store.event_store import EventStore, NewEvent
 from engine.store.ledger import Ledger, scratch_tables
@@ -437,6 +438,24 @@ def test_reading_back_an_unbalanced_entry_crashes(ledger: Ledger, conn: Connecti
     with pytest.raises(AssertionError, match="unbalanced"):
         ledger.entry(conn, "hold-1")
     assert any("sums to -1" in problem for problem in ledger.verify(conn).problems)
+
+
+def test_verify_reads_a_page_at_a_time_and_finds_the_same_problems(
+    ledger: Ledger, conn: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for n in range(3):
+        hold(ledger, conn, f"hold-{n}", 100 + n, posted=True)
+    conn.execute(update(ledger_postings).where(ledger_postings.c.amount == 101).values(amount=99))
+    whole = ledger.verify(conn)
+
+    # One account and one posting per statement: an entry's postings span pages.
+    monkeypatch.setattr(ledger_module, "ACCOUNTS_PER_PAGE_MAX", 1)
+    monkeypatch.setattr(ledger_module, "POSTINGS_PER_PAGE_MAX", 1)
+    paged = ledger.verify(conn)
+
+    assert paged == whole
+    assert (paged.entries, paged.accounts) == (3, 2)
+    assert any("sums to -2" in problem for problem in paged.problems)
 
 
 @pytest.mark.parametrize(
