@@ -8,10 +8,11 @@ from typing import Annotated
 import typer
 
 from engine.chain.binding import ChainUnbound, check_binding, read_binding
+from engine.chain.errors import RpcUrlMissing
 from engine.cli.chain_access import connected_chain
 from engine.cli.options import DEFAULT_DB_URL, DbUrl, JsonFlag, NetworkName, RpcUrl
 from engine.cli.render import escape, json_out, show
-from engine.ops.reconcile import RPC_URL_ENV, ChainTarget, ReconcileReport, RpcUrlMissing
+from engine.ops.reconcile import ChainTarget, ReconcileReport
 from engine.ops.reconcile import reconcile as reconcile_books
 from engine.store.db import open_migrated
 
@@ -43,7 +44,7 @@ def cmd_reconcile(
     if network is None and not rpc_url:
         raise RpcUrlMissing(
             "reconciliation reads the chain: pass --network NAME (embedded for the demo's "
-            f"database), --rpc-url URL, or set {RPC_URL_ENV}"
+            "database), --rpc-url URL, or set SETTLE_RPC_URL"
         )
     report = reconcile_at(db_url, network, rpc_url, repair=repair)
     if as_json:

@@ -11,13 +11,13 @@ command's or the reconciliation's ``now``, or the block's timestamp.
 """
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from enum import StrEnum
 from typing import Any, ClassVar
 
 from engine.domain.errors import DomainError, InvalidEvent, InvalidTime
 from engine.domain.ids import UINT48_MAX, IdPrefix, PaymentTerms, parse_id
-from engine.domain.money import EXTRA_LEGS_MAX, Leg, check_amount
+from engine.domain.money import EXTRA_LEGS_MAX, Leg, check_amount, checksum_address
 from engine.domain.status import PaymentStatus
 
 REASON_LENGTH_MAX = 200
@@ -55,6 +55,8 @@ class Event:
         data: dict[str, object] = {"kind": self.kind}
         for f in fields(self):
             value = getattr(self, f.name)
+            if value is None:
+                continue  # an optional field unset reads back as its default, None
             if isinstance(value, PaymentTerms):
                 data[f.name] = value.to_dict()
             elif isinstance(value, tuple):
@@ -153,31 +155,57 @@ class Reclaimed(_AmountEvent):
     kind: ClassVar[str] = "reclaimed"
 
 
+def _check_account(value: object, field: str) -> str | None:
+    """``value`` as EIP-55, or None where the event does not name the account."""
+    return None if value is None else checksum_address(value, field)
+
+
 @dataclass(frozen=True, kw_only=True)
-class Refunded(_AmountEvent):
-    """``amount`` of captured money went back to the payer."""
+class _FundedEvent(_AmountEvent):
+    """Money the escrow pulled from ``funder``: the merchant, or anyone the escrow let pay
+    instead (the operator's arbiter). The chain's log names the funder; a decider's event does
+    not know it yet (None), and neither do events stored before events named it, which the
+    merchant funded (the engine's commands only ever had the merchant fund)."""
+
+    funder: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "funder", _check_account(self.funder, "funder"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Refunded(_FundedEvent):
+    """``amount`` of captured money went back to the payer, paid by ``funder``."""
 
     kind: ClassVar[str] = "refunded"
 
 
 @dataclass(frozen=True, kw_only=True)
-class DisputeOpened(_AmountEvent):
-    """The payer disputed ``amount`` of captured money; it is frozen until resolved."""
+class DisputeOpened(_FundedEvent):
+    """The payer disputed ``amount`` of captured money; ``funder`` put it up, and it is frozen
+    until resolved."""
 
     kind: ClassVar[str] = "dispute_opened"
 
 
 @dataclass(frozen=True, kw_only=True)
 class DisputeResolved(Event):
-    """The arbiter decided the open dispute; the payer winning returns the frozen amount."""
+    """The arbiter decided the open dispute and the escrow paid the frozen amount to
+    ``paid_to``: the payer if the payer won, else whoever funded the dispute (not necessarily
+    the merchant). The escrow's log says only who won; the chain-facts mapping names the
+    account from the dispute it closes. None where that is unknown: a decider's event, or one
+    stored before resolutions named it, when the merchant funded every dispute."""
 
     kind: ClassVar[str] = "dispute_resolved"
     winner: Party
+    paid_to: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not isinstance(self.winner, Party):
             raise InvalidEvent("winner must be a Party")
+        object.__setattr__(self, "paid_to", _check_account(self.paid_to, "paid_to"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -249,18 +277,26 @@ def _decode(name: str, field_type: object, value: object) -> object:
 
 
 def event_from_dict(data: Mapping[str, object]) -> Event:
-    """Rebuild an event from ``Event.to_dict`` output, validating it like a new one."""
+    """Rebuild an event from ``Event.to_dict`` output, validating it like a new one; fields
+    an older version of the event lacked take their defaults."""
     kind = data.get("kind")
     cls = EVENT_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise InvalidEvent(f"unknown event kind {kind!r}")
     event_fields = {f.name: f.type for f in fields(cls)}
-    if set(data) != {"kind", *event_fields}:
-        raise InvalidEvent(f"a {kind} event needs exactly the fields {sorted(event_fields)}")
+    # A field with a default was added later: events stored before it still read.
+    required = {
+        f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+    }
+    if not {"kind", *required} <= set(data) <= {"kind", *event_fields}:
+        raise InvalidEvent(
+            f"a {kind} event needs the fields {sorted(required)}, "
+            f"and takes no others than {sorted(event_fields)}"
+        )
     try:
         # Any: each value's type is checked by the event's own __post_init__.
         values: dict[str, Any] = {
-            name: _decode(name, t, data[name]) for name, t in event_fields.items()
+            name: _decode(name, t, data[name]) for name, t in event_fields.items() if name in data
         }
         return cls(**values)
     except InvalidEvent:

@@ -27,8 +27,12 @@ appended to the account's credit stream (``engine.store.credit_streams``), in th
 transaction, so replay books them too. Every credit of the escrow is booked, whoever's payment
 it came from, as its tokens are in the escrow's balance either way.
 
-A capture's extra legs (``LegPaid``, emitted right after its ``Captured`` in the same
-transaction) are folded into its ``Captured`` event, as reconciliation's repair reads them.
+What a log means is ``engine.chain.facts``'s to say (the one mapping, shared with
+reconciliation's repair), and what an event books is ``engine.store.ledger_events``'s (shared
+with replay): the mirror only stages them. A capture's extra legs (``LegPaid``, emitted right
+after its ``Captured`` in the same transaction) are folded into its ``Captured`` event. A
+dispute's resolution pays back whoever funded the dispute when the merchant wins; that funder
+is the latest ``DisputeOpened`` of the payment in the poll, or else in its stream.
 """
 
 from __future__ import annotations
@@ -39,27 +43,18 @@ from enum import Enum
 
 from sqlalchemy import Connection
 
+from engine.chain import facts
 from engine.chain.contracts import logs as chain
 from engine.chain.indexer.log_indexer import Indexer, LogNotice, LogStage, NoticeDedupe
 from engine.domain import credits
 from engine.domain.errors import DomainError
-from engine.domain.events import (
-    Authorized,
-    Captured,
-    Conflicted,
-    DisputeOpened,
-    DisputeResolved,
-    Event,
-    Party,
-    Reclaimed,
-    Refunded,
-    Voided,
-)
+from engine.domain.events import Conflicted, Event
 from engine.domain.money import Leg
 from engine.pipeline.commands import fail_command, settle_command
 from engine.pipeline.payment_batch import PaymentBatch
 from engine.store.credit_streams import CreditAppends
 from engine.store.db import Database
+from engine.store.disputes import open_dispute_funders
 from engine.store.ledger import ENTRIES_PER_CALL_MAX, Ledger
 from engine.store.ledger_entries import EntryState, NewEntry
 from engine.store.ledger_events import credit_entry, entry_for
@@ -68,8 +63,6 @@ from engine.store.projections import ProjectedPayment
 CONSUMER = "payments-mirror"
 # Refusals that mean "already applied": the escrow met this operation before.
 _ALREADY_APPLIED = frozenset({"StaleSequence", "PaymentExists"})
-# Events whose ledger entry depends on who funded them; their stored payload names the funder.
-_FUNDED_KINDS = frozenset({"refunded", "dispute_opened"})
 
 
 @dataclass
@@ -121,13 +114,19 @@ class ChainMirror:
             credit_appends = CreditAppends(conn, self._db)
             books = _LedgerPlan()
             legs = legs_of_captures(fresh)
+            dispute_funders = _stored_dispute_funders(conn, batch, fresh)
             for notice in fresh:
                 report.applied += 1
                 was_final = notice.log.key in final
-                if isinstance(fact := notice.log.event, chain.Credited | chain.Withdrawn):
+                fact = notice.log.event
+                if isinstance(fact, chain.Credited | chain.Withdrawn):
                     self._credit(credit_appends, books, notice, fact, was_final)
-                else:
-                    report.conflicts += self._apply(batch, books, notice, legs, was_final)
+                    continue
+                report.conflicts += self._apply(
+                    batch, books, notice, legs, dispute_funders, was_final
+                )
+                if isinstance(fact, chain.DisputeOpened) and notice.stage is not LogStage.REMOVED:
+                    dispute_funders[fact.payment_id] = fact.funder
                 if notice.stage is LogStage.CONFIRMED:
                     final.add(notice.log.key)
             batch.flush()
@@ -142,6 +141,7 @@ class ChainMirror:
         books: _LedgerPlan,
         notice: LogNotice,
         legs: Mapping[int, tuple[Leg, ...]],
+        dispute_funders: Mapping[bytes, str | None],
         was_final: bool,
     ) -> int:
         log = notice.log
@@ -157,17 +157,19 @@ class ChainMirror:
                 if error.error not in _ALREADY_APPLIED:
                     fail_command(batch, current.payment.id, str(error), log.block_timestamp)
             return 0
-        event = _domain_event(
-            log.event, current, log.block_timestamp, legs.get(notice.sequence, ())
+        event = facts.payment_event(
+            log.event,
+            payment_id=current.payment.id,
+            terms=current.payment.terms,
+            at=log.block_timestamp,
+            legs=legs.get(notice.sequence, ()),
+            dispute_funder=dispute_funders.get(payment_id),
         )
         if event is None:
             return 0
         key = _log_key(notice)
-        funder = _funder(log.event, current)
         if notice.stage is LogStage.PENDING:
-            entry = entry_for(
-                event, current.payment, chain_id=self._chain_id, key=key, funder=funder
-            )
+            entry = entry_for(event, current.payment, chain_id=self._chain_id, key=key)
             if entry is not None:
                 books.add(_Booking.PENDING, entry, log.block_timestamp)
             return 0
@@ -188,7 +190,7 @@ class ChainMirror:
                 Conflicted(payment_id=current.payment.id, at=log.block_timestamp, reason=reason),
             )
             return 1
-        return self._confirm(batch, books, current, event, key, funder, log.block_timestamp)
+        return self._confirm(batch, books, current, event, key, log.block_timestamp)
 
     def _credit(
         self,
@@ -201,7 +203,7 @@ class ChainMirror:
         """Stage a credit's ledger entry as a payment's is staged; record it once confirmed."""
         log = notice.log
         key = _log_key(notice)
-        event = _credit_event(fact, self._chain_id, log.block_timestamp)
+        event = facts.credit_event(fact, chain_id=self._chain_id, at=log.block_timestamp)
         if notice.stage is LogStage.REMOVED:
             books.add(_Booking.REMOVED, key, log.block_timestamp)
             if was_final:
@@ -222,13 +224,12 @@ class ChainMirror:
         current: ProjectedPayment,
         event: Event,
         key: str,
-        funder: str | None,
         at: int,
     ) -> int:
         payment = current.payment
         try:
-            entry = entry_for(event, payment, chain_id=self._chain_id, key=key, funder=funder)
-            batch.append(payment.id, event, funder if event.kind in _FUNDED_KINDS else None)
+            entry = entry_for(event, payment, chain_id=self._chain_id, key=key)
+            batch.append(payment.id, event)
         except DomainError as error:
             # The chain did something the books cannot hold: flag it for reconciliation.
             reason = error.message[:200]
@@ -295,78 +296,29 @@ def _log_key(notice: LogNotice) -> str:
     return "log:" + ":".join((log.block_hash.hex(), log.tx_hash.hex(), str(log.log_index)))
 
 
-def _credit_event(
-    event: chain.Credited | chain.Withdrawn, chain_id: int, at: int
-) -> credits.Credited | credits.Withdrawn:
-    if isinstance(event, chain.Credited):
-        return credits.Credited(
-            chain_id=chain_id, token=event.token, account=event.account, amount=event.amount, at=at
-        )
-    return credits.Withdrawn(
-        chain_id=chain_id,
-        token=event.token,
-        account=event.account,
-        to=event.to,
-        amount=event.amount,
-        at=at,
-    )
+def _stored_dispute_funders(
+    conn: Connection, batch: PaymentBatch, notices: Sequence[LogNotice]
+) -> dict[bytes, str | None]:
+    """Who funded the open dispute of each payment with a resolution among ``notices``, as
+    its stream recorded it, by escrow payment id: a dispute opened in an earlier poll."""
+    resolved: dict[str, bytes] = {}
+    for notice in notices:
+        if isinstance(fact := notice.log.event, chain.DisputeResolved):
+            current = batch.by_chain_id(fact.payment_id)
+            if current is not None:
+                resolved[current.payment.id] = fact.payment_id
+    if not resolved:
+        return {}
+    funders = open_dispute_funders(conn, resolved)
+    return {resolved[pid]: funder for pid, funder in funders.items()}
 
 
 def legs_of_captures(notices: Sequence[LogNotice]) -> dict[int, tuple[Leg, ...]]:
-    """The extra legs of each capture among ``notices``, by the capture's notice sequence: the
-    LegPaid logs its transaction emitted right after it (the indexer never splits one
-    transaction's notices over two polls)."""
-    legs: dict[int, tuple[Leg, ...]] = {}
-    capture: LogNotice | None = None
-    for notice in notices:
-        event = notice.log.event
-        if isinstance(event, chain.Captured):
-            capture = notice
-        elif isinstance(event, chain.LegPaid):
-            if (
-                capture is None
-                or (capture.stage, capture.log.tx_hash, capture.log.block_hash)
-                != (notice.stage, notice.log.tx_hash, notice.log.block_hash)
-                or getattr(capture.log.event, "payment_id", None) != event.payment_id
-            ):
-                raise AssertionError(f"LegPaid log {notice.log.key} without its capture")
-            leg = Leg(recipient=event.recipient, amount=event.amount)
-            legs[capture.sequence] = (*legs.get(capture.sequence, ()), leg)
-        elif not isinstance(event, chain.Credited | chain.Withdrawn):
-            # A payout kept as a credit may sit between a capture and its legs.
-            capture = None
-    return legs
-
-
-def _domain_event(
-    event: object, current: ProjectedPayment, at: int, legs: tuple[Leg, ...] = ()
-) -> Event | None:
-    pid = current.payment.id
-    match event:
-        case chain.Authorized(amount=amount):
-            return Authorized(payment_id=pid, at=at, amount=amount)
-        case chain.Captured(amount=amount, fee=fee):
-            return Captured(payment_id=pid, at=at, amount=amount, fee=fee, legs=legs)
-        case chain.Voided(amount=amount):
-            return Voided(payment_id=pid, at=at, amount=amount)
-        case chain.Reclaimed(amount=amount):
-            return Reclaimed(payment_id=pid, at=at, amount=amount)
-        case chain.Refunded(amount=amount):
-            return Refunded(payment_id=pid, at=at, amount=amount)
-        case chain.DisputeOpened(amount=amount):
-            return DisputeOpened(payment_id=pid, at=at, amount=amount)
-        case chain.DisputeResolved(payer_wins=payer_wins):
-            winner = Party.PAYER if payer_wins else Party.MERCHANT
-            return DisputeResolved(payment_id=pid, at=at, winner=winner)
-    return None
-
-
-def _funder(event: object, current: ProjectedPayment) -> str | None:
-    match event:
-        case chain.Refunded(funder=funder) | chain.DisputeOpened(funder=funder):
-            return str(funder)
-        case chain.DisputeResolved():
-            # The resolution's log does not name the funder; the commands only ever have the
-            # merchant fund disputes.
-            return current.payment.terms.merchant
-    return None
+    """The extra legs of each capture among ``notices``, by the capture's notice sequence
+    (``engine.chain.facts.legs_of_captures``). One delivery of a transaction is its stage and
+    block too; the indexer never splits one transaction's notices over two polls."""
+    logs = [
+        ((notice.stage, notice.log.tx_hash, notice.log.block_hash), notice.log.event)
+        for notice in notices
+    ]
+    return {notices[index].sequence: legs for index, legs in facts.legs_of_captures(logs).items()}

@@ -109,7 +109,7 @@ class PaymentBatch:
         self._by_chain[chain_payment_id] = payment_id
         return created
 
-    def append(self, payment_id: str, event: Event, funder: str | None = None) -> None:
+    def append(self, payment_id: str, event: Event) -> None:
         """Fold ``event`` into the payment; a ``DomainError`` leaves the batch as it was."""
         current = self._current[payment_id]
         payment = apply(current.payment, event)
@@ -119,7 +119,7 @@ class PaymentBatch:
             current.version + 1,
             current.chain_seq + chain_steps([event]),
         )
-        self._appended.setdefault(payment_id, []).append((event, stored_form(event, funder)))
+        self._appended.setdefault(payment_id, []).append((event, stored_form(event)))
 
     def accept(self, command: CommandRow) -> None:
         """Record an accepted command; it is the payment's command in flight from now on."""

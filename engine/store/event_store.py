@@ -264,6 +264,16 @@ class EventStore:
         )
         return [_stored(row) for row in rows]
 
+    def read_streams(self, conn: Connection, stream_ids: Sequence[str]) -> list[StoredEvent]:
+        """Every event of the named streams, stream by stream in version order; the caller
+        bounds how many streams it names."""
+        rows = conn.execute(
+            select(events)
+            .where(one_of(conn, events.c.stream_id, stream_ids))
+            .order_by(events.c.stream_id, events.c.version)
+        )
+        return [_stored(row) for row in rows]
+
     def read_all(self, conn: Connection, after_position: int, limit: int) -> list[StoredEvent]:
         """Up to `limit` events of every stream with a position above `after_position`."""
         if not 1 <= limit <= READ_ALL_LIMIT_MAX:

@@ -23,7 +23,7 @@ before it is written (``UnbalancedEntry`` to the caller) and when it is read bac
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -37,6 +37,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     insert,
+    or_,
     select,
     true,
     update,
@@ -78,6 +79,9 @@ from engine.store.schema import (
 ENTRIES_PER_CALL_MAX = 500
 # Keeps a statement's bound parameters (four per account) well inside SQLite's limit.
 _ACCOUNTS_PER_QUERY_MAX = 200
+# What ``verify`` reads per statement: it walks every account and posting a page at a time.
+ACCOUNTS_PER_PAGE_MAX = 1_000
+POSTINGS_PER_PAGE_MAX = 5_000
 REVERSAL_KIND = "reversal"
 
 
@@ -268,30 +272,34 @@ class Ledger:
         """Recompute every account's totals from the postings and check every invariant.
 
         With ``asset``, only that asset's accounts and postings: balance is per asset, so the
-        check is complete for it. Reads every posting; run it in a snapshot, off the hot path.
+        check is complete for it. Reads every posting, a page at a time in entry order (so an
+        entry's sum is checked as soon as its postings are read); run it in a snapshot, off
+        the hot path. It holds one recomputed balance per account.
         """
-        accounts = {account.id: account for account in self._accounts(conn, asset)}
-        a, e, p = self._t
-        rows = conn.execute(
-            select(p.c.entry_id, p.c.account_id, p.c.amount, e.c.state)
-            .join(e, e.c.id == p.c.entry_id)
-            .join(a, a.c.id == p.c.account_id)
-            .where(self._asset_clause(asset))
-            .order_by(p.c.id)
-        )
+        accounts = {account.id: account for account in self._accounts_paged(conn, asset)}
         recomputed = {account_id: Balance() for account_id in accounts}
-        sums: dict[tuple[int, AssetKey], int] = {}
-        for row in rows:
+        problems: list[str] = []
+        entries = 0
+        entry_sums: dict[AssetKey, int] = {}
+        current_entry: int | None = None
+
+        def close_entry() -> None:
+            problems.extend(
+                f"entry id {current_entry} sums to {total} in {asset_key}"
+                for asset_key, total in entry_sums.items()
+                if total != 0
+            )
+
+        for row in self._postings_paged(conn, asset):
+            if row.entry_id != current_entry:
+                close_entry()
+                current_entry, entry_sums = row.entry_id, {}
+                entries += 1
             account = accounts[row.account_id]
             state = EntryState(row.state)
             recomputed[row.account_id] = _moved(recomputed[row.account_id], row.amount, state, 1)
-            sums_key = (row.entry_id, account.key.asset)
-            sums[sums_key] = sums.get(sums_key, 0) + row.amount
-        problems = [
-            f"entry id {entry_id} sums to {total} in {asset_key}"
-            for (entry_id, asset_key), total in sorted(sums.items(), key=lambda x: x[0][0])
-            if total != 0
-        ]
+            entry_sums[account.key.asset] = entry_sums.get(account.key.asset, 0) + row.amount
+        close_entry()
         for account_id, account in accounts.items():
             if recomputed[account_id] != account.balance:
                 problems.append(
@@ -305,7 +313,41 @@ class Ledger:
                 balance.check_flags(account.key)
             except AccountLimitExceeded as error:
                 problems.append(str(error))
-        return LedgerAudit(len(accounts), len({entry_id for entry_id, _ in sums}), tuple(problems))
+        return LedgerAudit(len(accounts), entries, tuple(problems))
+
+    def _accounts_paged(self, conn: Connection, asset: AssetKey | None) -> Iterator[_Account]:
+        a = self._t.accounts
+        after = 0
+        while page := conn.execute(
+            select(a)
+            .where(self._asset_clause(asset), a.c.id > after)
+            .order_by(a.c.id)
+            .limit(ACCOUNTS_PER_PAGE_MAX)
+        ).all():
+            yield from map(_account, page)
+            after = page[-1].id
+
+    def _postings_paged(self, conn: Connection, asset: AssetKey | None) -> Iterator[Any]:
+        """Every posting (of ``asset``'s accounts) with its entry's state, by entry then
+        posting id, read ``POSTINGS_PER_PAGE_MAX`` at a time."""
+        a, e, p = self._t
+        after = (0, 0)  # (entry id, posting id) of the last posting read
+        while page := conn.execute(
+            select(p.c.id, p.c.entry_id, p.c.account_id, p.c.amount, e.c.state)
+            .join(e, e.c.id == p.c.entry_id)
+            .join(a, a.c.id == p.c.account_id)
+            .where(
+                self._asset_clause(asset),
+                or_(
+                    p.c.entry_id > after[0],
+                    and_(p.c.entry_id == after[0], p.c.id > after[1]),
+                ),
+            )
+            .order_by(p.c.entry_id, p.c.id)
+            .limit(POSTINGS_PER_PAGE_MAX)
+        ).all():
+            yield from page
+            after = (page[-1].entry_id, page[-1].id)
 
     # ── internals ────────────────────────────────────────────────────────────────────────
 

@@ -1,9 +1,11 @@
 """Which transfers each payment event books: the domain's facts in ledger terms.
 
 It lives in ``engine.store`` because the domain must not know the ledger exists (DESIGN §2:
-store imports domain, never the reverse). The chain mirror calls it for every confirmed escrow
-event, with the payment's projection *before* the event, which holds the addresses of the
-terms and the amount an open dispute froze:
+store imports domain, never the reverse). It is the one booking of payment events: the chain
+mirror, replay and reconciliation's repair all call it, with the payment's projection *before*
+the event, which holds the addresses of the terms and the amount an open dispute froze. Every
+account it books comes from the event's own fields or the terms, so the same stored event
+books the same money whoever reads it:
 
     Authorized          payer            → escrow_held       amount
     Captured            escrow_held      → merchant_settled  amount - fee - legs
@@ -12,14 +14,14 @@ terms and the amount an open dispute froze:
     Voided, Reclaimed   escrow_held      → payer             amount
     Refunded            funder           → payer             amount
     DisputeOpened       funder           → disputes          amount
-    DisputeResolved     disputes         → payer             frozen amount, payer wins
-                        disputes         → funder            frozen amount, merchant wins
+    DisputeResolved     disputes         → paid_to           frozen amount
 
-The funder is whoever the escrow pulled a refund or dispute from (its logs name it): the
-merchant, whose merchant_settled account pays, or anyone else (the operator), whose refunds
-account does. A won dispute goes back to its funder, which the caller supplies again since the
-resolution's log does not repeat it. PaymentRequested, Failed, Conflicted and ConflictResolved
-move no money.
+The funder is whoever the escrow pulled a refund or dispute from (the event names it, as the
+chain's log did): the merchant, whose merchant_settled account pays, or anyone else (the
+operator), whose refunds account does. A resolution pays whoever the chain paid (``paid_to``):
+the payer when the payer won, else the dispute's funder, into the account it funded from.
+Events stored before they named these accounts (None) were all funded by the merchant.
+PaymentRequested, Failed, Conflicted and ConflictResolved move no money.
 
 Payouts the escrow could not push (``Credited``) stay in the escrow as credits their owner
 withdraws later; ``credited`` and ``withdrawn`` book those, so that escrow_held, disputes and
@@ -55,9 +57,7 @@ def asset_of(payment: Payment, chain_id: int) -> AssetKey:
     return AssetKey(chain_id, payment.terms.token)
 
 
-def transfers_for(
-    event: Event, payment: Payment, *, chain_id: int, funder: str | None = None
-) -> tuple[Transfer, ...]:
+def transfers_for(event: Event, payment: Payment, *, chain_id: int) -> tuple[Transfer, ...]:
     """The transfers ``event`` books; ``payment`` is the projection it applies to."""
     if event.payment_id != payment.id:
         raise InvalidLedgerInput(f"event of {event.payment_id} booked against {payment.id}")
@@ -81,23 +81,23 @@ def transfers_for(
             return paid
         case Voided(amount=amount) | Reclaimed(amount=amount):
             return (Transfer(held, payer, amount),)
-        case Refunded(amount=amount):
+        case Refunded(amount=amount, funder=funder):
             return (Transfer(_funder_account(payment, asset, funder), payer, amount),)
-        case DisputeOpened(amount=amount):
+        case DisputeOpened(amount=amount, funder=funder):
             return (Transfer(_funder_account(payment, asset, funder), disputes, amount),)
-        case DisputeResolved(winner=Party.PAYER):
+        case DisputeResolved(winner=Party.PAYER, paid_to=paid_to):
+            if paid_to not in (None, terms.payer):
+                raise InvalidLedgerInput(f"the payer won {payment.id}, yet {paid_to} was paid")
             return (Transfer(disputes, payer, _frozen(payment)),)
-        case DisputeResolved(winner=Party.MERCHANT):
-            funded = _funder_account(payment, asset, funder)
+        case DisputeResolved(winner=Party.MERCHANT, paid_to=paid_to):
+            funded = _funder_account(payment, asset, paid_to)
             return (Transfer(disputes, funded, _frozen(payment)),)
     return ()
 
 
-def entry_for(
-    event: Event, payment: Payment, *, chain_id: int, key: str, funder: str | None = None
-) -> NewEntry | None:
+def entry_for(event: Event, payment: Payment, *, chain_id: int, key: str) -> NewEntry | None:
     """The entry that books ``event`` under ``key``, or None when it moves no money."""
-    transfers = transfers_for(event, payment, chain_id=chain_id, funder=funder)
+    transfers = transfers_for(event, payment, chain_id=chain_id)
     if not transfers:
         return None
     return NewEntry.from_transfers(key, event.kind, transfers, payment.id)
@@ -141,9 +141,9 @@ def credit_entry(event: CreditEvent, *, key: str) -> NewEntry:
 
 
 def _funder_account(payment: Payment, asset: AssetKey, funder: str | None) -> AccountKey:
-    if funder is None:
-        raise InvalidLedgerInput("refunds and disputes name their funder")
-    account = AccountKey(asset, _K.REFUNDS, funder)
+    """The account ``funder`` pays refunds and disputes from (and gets a won dispute back
+    into); None is the merchant, as events recorded before they named their funder were."""
+    account = AccountKey(asset, _K.REFUNDS, funder or payment.terms.merchant)
     if account.owner == payment.terms.merchant:
         return AccountKey(asset, _K.MERCHANT_SETTLED, account.owner)
     return account

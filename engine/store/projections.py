@@ -168,9 +168,7 @@ def _domain_event(stored: StoredEvent) -> Event:
 
 
 def _domain_event_from(kind: str, payload: Mapping[str, object]) -> Event:
-    # The payload's funder (see stored_form) is for the ledger, not a field of the event.
-    data = {key: value for key, value in payload.items() if key != "funder"}
-    return event_from_dict({"kind": kind, **data})
+    return event_from_dict({"kind": kind, **payload})
 
 
 def load(conn: Connection, payment_id: str, *, lock: bool = False) -> ProjectedPayment | None:
@@ -210,13 +208,10 @@ def count_by_status(conn: Connection) -> dict[str, int]:
     return {str(status): int(count) for status, count in rows}
 
 
-def stored_form(event: Event, funder: str | None = None) -> NewEvent:
-    """The event store's form of a domain event: its fields but the kind, which has a column,
-    plus who funded a refund or dispute, which its ledger entry needs on replay."""
+def stored_form(event: Event) -> NewEvent:
+    """The event store's form of a domain event: its fields but the kind, which has a column."""
     payload = event.to_dict()
     del payload["kind"]
-    if funder is not None:
-        payload["funder"] = funder
     return NewEvent(event.kind, cast(dict[str, Json], payload), event.at)
 
 

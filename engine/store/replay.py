@@ -1,10 +1,12 @@
 """Replay verification (DESIGN §5.5): rebuild the ledger from the event store and compare.
 
 The event store is the record; the ledger and the payments projection are derived from it. If
-they were written correctly, replaying every payment's events through the same mapping the
+they were written correctly, replaying every payment's events through the same booking the
 chain mirror uses (``ledger_events``) into a second set of ledger tables gives the same money
-in the same accounts. A difference means a live row was altered, an entry was lost or written
-twice, or the mirror and the events drifted apart.
+in the same accounts: each event names what the chain did (who funded a refund or dispute, who
+a resolution paid), so the booking needs nothing but the event and the payment before it. A
+difference means a live row was altered, an entry was lost or written twice, or the mirror and
+the events drifted apart.
 
 What is compared, and why not row by row: the live ledger's entry keys are the mirror's (chain
 log keys) and a repaired payment carries reversals next to its re-recorded entries, neither of
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, MetaData, Table, inspect, select
@@ -32,13 +34,11 @@ from engine.domain.events import (
     EVENT_TYPES,
     Conflicted,
     ConflictResolved,
-    DisputeOpened,
-    DisputeResolved,
     Event,
     PaymentRequested,
-    Refunded,
     event_from_dict,
 )
+from engine.domain.ids import IdPrefix
 from engine.domain.payment import Payment, apply, start
 from engine.store.credit_streams import credit_event
 from engine.store.db import Database
@@ -46,7 +46,7 @@ from engine.store.event_store import READ_ALL_LIMIT_MAX, EventStore, InvalidEven
 from engine.store.ledger import ENTRIES_PER_CALL_MAX, LIVE_TABLES, Ledger, scratch_tables
 from engine.store.ledger_entries import EntryState, NewEntry
 from engine.store.ledger_events import credit_entry, entry_for
-from engine.store.schema import chain_binding
+from engine.store.schema import chain_binding, streams
 
 # A replayed payment's history is folded in memory; this bounds one payment's events.
 EVENTS_PER_PAYMENT_MAX = 10_000
@@ -78,7 +78,6 @@ class ReplayError(Exception):
 class HistoryEvent:
     stored: StoredEvent
     event: Event
-    funder: str | None  # who funded a refund or dispute, when the event's payload names it
 
 
 @dataclass(slots=True)
@@ -125,44 +124,66 @@ class PaymentHistory:
         yield from zip(self.events[1:], self.folded()[:-1], strict=True)
 
 
-def domain_event(stored: StoredEvent) -> tuple[Event, str | None] | None:
-    """The domain event a stored one holds (and its funder, if the payload names one), or None
-    for events of other kinds (a saga's, say). The payload may carry extra keys."""
-    cls = EVENT_TYPES.get(stored.kind)
-    if cls is None:
+def domain_event(stored: StoredEvent) -> Event | None:
+    """The domain event a stored one holds, or None for events of other kinds (a saga's, say).
+    Events stored before a field was added read with its default (``event_from_dict``)."""
+    if stored.kind not in EVENT_TYPES:
         return None
-    data: dict[str, object] = {
-        f.name: stored.payload[f.name] for f in fields(cls) if f.name in stored.payload
-    }
-    data["kind"] = stored.kind
     try:
-        event = event_from_dict(data)
+        return event_from_dict({**stored.payload, "kind": stored.kind})
     except DomainError as error:
         raise ReplayError(
             f"event {stored.stream_id} v{stored.version} does not decode: {error}"
         ) from error
-    funder = stored.payload.get("funder")
-    return event, funder if isinstance(funder, str) else None
 
 
 def payment_histories(conn: Connection, store: EventStore) -> dict[str, PaymentHistory]:
     """Every payment's history, by payment id; streams that are not payments are skipped."""
     histories: dict[str, PaymentHistory] = {}
     for stored in _stored_events(conn, store):
-        decoded = domain_event(stored)
-        if decoded is None:
-            continue
-        event, funder = decoded
-        history = histories.get(event.payment_id)
-        if history is None:
-            if not isinstance(event, PaymentRequested):
-                continue  # not a payment stream: payments start with a request
-            history = PaymentHistory(event.payment_id, stored.stream_id, stored.version)
-            histories[event.payment_id] = history
-        if len(history.events) >= EVENTS_PER_PAYMENT_MAX:
-            raise ReplayError(f"{event.payment_id} has over {EVENTS_PER_PAYMENT_MAX} events")
-        history.events.append(HistoryEvent(stored, event, funder))
-        history.version = max(history.version, stored.version)
+        _add_to_history(histories, stored)
+    return histories
+
+
+def _add_to_history(histories: dict[str, PaymentHistory], stored: StoredEvent) -> None:
+    """Fold ``stored`` into its payment's history, given events in position order."""
+    event = domain_event(stored)
+    if event is None:
+        return
+    history = histories.get(event.payment_id)
+    if history is None:
+        if not isinstance(event, PaymentRequested):
+            return  # not a payment stream: payments start with a request
+        history = PaymentHistory(event.payment_id, stored.stream_id, stored.version)
+        histories[event.payment_id] = history
+    if len(history.events) >= EVENTS_PER_PAYMENT_MAX:
+        raise ReplayError(f"{event.payment_id} has over {EVENTS_PER_PAYMENT_MAX} events")
+    history.events.append(HistoryEvent(stored, event))
+    history.version = max(history.version, stored.version)
+
+
+def payment_histories_page(
+    conn: Connection, store: EventStore, *, after: str, limit: int
+) -> dict[str, PaymentHistory]:
+    """The histories of the first ``limit`` payment streams whose ids sort after ``after``, by
+    payment id: a page for readers that must not hold every payment at once (reconciliation).
+    An empty page is the end; the next page starts after the page's last id."""
+    if not 1 <= limit <= READ_ALL_LIMIT_MAX:
+        raise ValueError(f"limit must be 1 to {READ_ALL_LIMIT_MAX}")
+    stream_ids = list(
+        conn.execute(
+            select(streams.c.stream_id)
+            .where(
+                streams.c.stream_id.startswith(f"{IdPrefix.PAYMENT.value}_", autoescape=True),
+                streams.c.stream_id > after,
+            )
+            .order_by(streams.c.stream_id)
+            .limit(limit)
+        ).scalars()
+    )
+    histories: dict[str, PaymentHistory] = {}
+    for stored in store.read_streams(conn, stream_ids) if stream_ids else ():
+        _add_to_history(histories, stored)
     return histories
 
 
@@ -257,34 +278,11 @@ def _replayed_entries(
             if chain_id is None:
                 raise ReplayError("the database is bound to no chain: pass its chain id")
             entry = entry_for(
-                item.event,
-                before,
-                chain_id=chain_id,
-                key=f"replay:{item.stored.position}",
-                funder=_funder(history, item),
+                item.event, before, chain_id=chain_id, key=f"replay:{item.stored.position}"
             )
             if entry is not None:
                 entries.append((item.stored.position, entry))
     return [entry for _, entry in sorted(entries, key=lambda pair: pair[0])]
-
-
-def _funder(history: PaymentHistory, item: HistoryEvent) -> str | None:
-    """Who funded a refund or dispute. Domain events do not say; a payload may. Otherwise the
-    merchant, the escrow's default funder (an operator-funded refund must name its funder in
-    the payload to replay exactly). A resolution goes back to whoever funded the dispute it
-    closes."""
-    merchant = history.requested.terms.merchant
-    if isinstance(item.event, Refunded | DisputeOpened):
-        return item.funder or merchant
-    if isinstance(item.event, DisputeResolved):
-        opened = [
-            earlier
-            for earlier in history.events
-            if isinstance(earlier.event, DisputeOpened)
-            and earlier.stored.position < item.stored.position
-        ]
-        return (opened[-1].funder if opened else None) or merchant
-    return None
 
 
 Nets = dict[tuple[str, str], int]
@@ -366,6 +364,7 @@ __all__ = [
     "ReplayReport",
     "domain_event",
     "payment_histories",
+    "payment_histories_page",
     "payment_nets",
     "verify_replay",
 ]

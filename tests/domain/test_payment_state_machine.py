@@ -925,6 +925,8 @@ payment_ids = st.integers(0, 2**128 - 1).map(
 times = st.integers(0, 2**48 - 1)
 amounts = st.integers(1, 2**120 - 1)
 reasons = st.text(min_size=1, max_size=200)
+# Who funded or was paid: named by the chain's log, or unset in a decider's or an old event.
+accounts = st.sampled_from([None, TERMS.payer, TERMS.merchant, PARTNER])
 legs = st.lists(
     st.builds(Leg, recipient=st.just(PARTNER), amount=st.integers(1, 1_000)),
     max_size=EXTRA_LEGS_MAX,
@@ -949,10 +951,18 @@ EVENT_STRATEGIES: dict[str, st.SearchStrategy[Event]] = {
     ),
     Voided.kind: st.builds(Voided, payment_id=payment_ids, at=times, amount=amounts),
     Reclaimed.kind: st.builds(Reclaimed, payment_id=payment_ids, at=times, amount=amounts),
-    Refunded.kind: st.builds(Refunded, payment_id=payment_ids, at=times, amount=amounts),
-    DisputeOpened.kind: st.builds(DisputeOpened, payment_id=payment_ids, at=times, amount=amounts),
+    Refunded.kind: st.builds(
+        Refunded, payment_id=payment_ids, at=times, amount=amounts, funder=accounts
+    ),
+    DisputeOpened.kind: st.builds(
+        DisputeOpened, payment_id=payment_ids, at=times, amount=amounts, funder=accounts
+    ),
     DisputeResolved.kind: st.builds(
-        DisputeResolved, payment_id=payment_ids, at=times, winner=st.sampled_from(Party)
+        DisputeResolved,
+        payment_id=payment_ids,
+        at=times,
+        winner=st.sampled_from(Party),
+        paid_to=accounts,
     ),
     Conflicted.kind: st.builds(Conflicted, payment_id=payment_ids, at=times, reason=reasons),
     ConflictResolved.kind: st.builds(

@@ -11,6 +11,7 @@ from engine.chain.backends import AnvilBackend, EmbeddedBackend
 from engine.chain.backends.anvil import AnvilProcess
 from engine.chain.binding import bind
 from engine.chain.contracts.escrow import terms_tuple
+from engine.chain.errors import RpcUrlMissing
 from engine.cli.reconcile import cmd_reconcile
 from engine.domain.events import (
     Authorized,
@@ -23,7 +24,8 @@ from engine.domain.events import (
 from engine.domain.ids import IdPrefix, new_id
 from engine.domain.money import fee_for
 from engine.domain.payment import Payment, PaymentStatus, apply
-from engine.ops.reconcile import ChainTarget, ProviderView, RpcUrlMissing, reconcile
+from engine.ops import reconcile as reconcile_module
+from engine.ops.reconcile import ChainTarget, ProviderView, reconcile
 from engine.store.db import Database
 from engine.store.event_store import EventStore
 from engine.store.ledger import Ledger
@@ -50,7 +52,7 @@ def world(deployment: LocalDeployment) -> Iterator[LocalDeployment]:
     token = deployment.backend.snapshot()
     yield deployment
     deployment.backend.revert(token)
-    for signer in (deployment.operator, deployment.payer, deployment.merchant):
+    for signer in (deployment.operator, deployment.arbiter, deployment.payer, deployment.merchant):
         signer.resync()
 
 
@@ -390,3 +392,60 @@ def test_cmd_reconcile_without_an_rpc_url_says_how_to_give_one(
     monkeypatch.delenv("SETTLE_RPC_URL", raising=False)
     with pytest.raises(RpcUrlMissing, match="--rpc-url"):
         cmd_reconcile(db_url, as_json=True, repair=False)
+
+
+def test_payments_compared_a_page_at_a_time_report_as_when_read_whole(
+    database: Database,
+    world: LocalDeployment,
+    payments: list[Payment],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _book_bogus_capture(database, world, payments[1])
+    whole = reconcile(database, _target(world), now=NOW)
+
+    monkeypatch.setattr(reconcile_module, "PAYMENTS_PER_PAGE_MAX", 1)
+    paged = reconcile(database, _target(world), now=NOW + 1)
+
+    assert (paged.matched, paged.mismatched, paged.details) == (
+        whole.matched,
+        whole.mismatched,
+        whole.details,
+    )
+    assert (whole.matched, whole.mismatched) == (1, 2)  # payments[1] and its asset
+
+
+def test_repair_books_an_operator_funded_dispute_won_by_the_merchant_back_to_its_funder(
+    database: Database,
+    world: LocalDeployment,
+    payments: list[Payment],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The arbiter funds a dispute from its own money and the merchant wins it: the escrow pays
+    the freeze back to the arbiter. The ledger never saw either log (they leave the payment's
+    views as they were), and a bogus posting makes the payment mismatch: repair reads its logs
+    back in block ranges (two blocks a request here) and books them as the chain moved the
+    money."""
+    payment = _held_payment(database, world, captured=100 * UNIT)  # disputable: hold closed
+    terms = terms_tuple(payment.terms)
+    funder = world.arbiter
+    asset = AssetKey(world.backend.chain_id, payment.terms.token)
+    merchant = AccountKey(asset, AccountKind.MERCHANT_SETTLED, payment.terms.merchant)
+    with database.snapshot() as conn:
+        merchant_before = Ledger().balance(conn, merchant).posted
+    seq = world.state(payment.terms)[2]
+    funder.send(world.escrow.functions.openDispute(terms, seq, 10 * UNIT, False))
+    funder.send(world.escrow.functions.resolveDispute(terms, seq + 1, False))
+    _book_bogus_capture(database, world, payment)
+    monkeypatch.setattr(reconcile_module, "LOG_BLOCKS_PER_REQUEST_MAX", 2)
+
+    repaired = reconcile(database, _target(world), now=NOW, repair=True)
+
+    assert (repaired.mismatched, repaired.repaired) == (0, (payment.id,))
+    with database.snapshot() as conn:
+        ledger = Ledger()
+        funded = ledger.balance(conn, AccountKey(asset, AccountKind.REFUNDS, funder.address))
+        merchant_after = ledger.balance(conn, merchant).posted
+        kinds = [entry.kind for entry in ledger.entries_of_payment(conn, payment.id)]
+    assert (funded.debits_posted, funded.credits_posted) == (10 * UNIT, 10 * UNIT)  # paid back
+    assert merchant_after == merchant_before  # the bogus 5 reversed, the dispute not its
+    assert kinds[-2:] == ["dispute_opened", "dispute_resolved"]

@@ -304,7 +304,7 @@ class CrashMachine(RuleBasedStateMachine):
         for payment_id, item in projected.items():
             applied = [c for c in commands.values() if c.payment_id == payment_id]
             applied_count = sum(1 for c in applied if c.status == "applied")
-            facts = [found[0] for found in map(domain_event, streams[payment_id]) if found]
+            facts = [event for event in map(domain_event, streams[payment_id]) if event]
             # One chain operation per applied command: a duplicate on chain would advance the
             # sequence further, a duplicate booking would add a sequenced event.
             assert item.chain_seq == chain_steps(facts) == applied_count, (

@@ -1,18 +1,27 @@
 """Dispute commands through the whole pipeline: decided by the domain, written with their
 outbox row, sent by the relay as the arbiter's own calls, booked by the mirror.
 
-Runs on the embedded EVM with SQLite and PostgreSQL (fixtures in conftest.py).
+Runs on the embedded EVM with SQLite and PostgreSQL (fixtures in conftest.py); the disputes
+the operator funds run on both EVMs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from sqlalchemy import select
 
+from engine.chain.backends import ChainBackend
+from engine.chain.contracts.escrow import terms_tuple
 from engine.domain.events import Party
+from engine.domain.money import fee_for
 from engine.domain.payment import Payment
+from engine.ops.reconcile import ChainTarget, reconcile
 from engine.pipeline.commands import UnknownPayment
-from engine.pipeline.engine import SettlementEngine
+from engine.pipeline.engine import Role, SettlementEngine
+from engine.store.ledger import Ledger
+from engine.store.ledger_accounts import AccountKey, AccountKind, AssetKey
 from engine.store.projections import load
 from engine.store.schema import payment_commands, txs
 from tests.fixtures.pipeline_support import (
@@ -196,3 +205,69 @@ def test_a_dispute_call_the_escrow_refuses_fails_its_command_and_books_nothing(
     engine.run_until_quiescent()
     assert payment(engine, payment_id).status == "disputed"
     assert_books_match_chain(engine)
+
+
+@pytest.fixture
+def engine_on_chain(db_url: str, chain: ChainBackend) -> Iterator[SettlementEngine]:
+    """The settlement engine on each EVM (the ``chain`` fixture reverts what it mined)."""
+    settlement = SettlementEngine(db_url, chain, roles=frozenset({Role.RELAY, Role.MIRROR}))
+    yield settlement
+    settlement.close()
+
+
+@pytest.mark.parametrize(
+    ("winner", "status", "funder_gets_back", "payer_gets"),
+    [
+        (Party.MERCHANT, "dispute_won", DISPUTED, 0),
+        (Party.PAYER, "dispute_lost", 0, DISPUTED),
+    ],
+)
+def test_an_operator_funded_dispute_books_its_resolution_to_whoever_the_chain_paid(
+    engine_on_chain: SettlementEngine,
+    winner: Party,
+    status: str,
+    funder_gets_back: int,
+    payer_gets: int,
+) -> None:
+    """The arbiter freezes the amount from its own funds, not the merchant's (the escrow
+    allows it, and the API's operator routes will do it). Won by the merchant, the escrow pays
+    the freeze back to that funder: the mirror must book it there too, as replay and
+    reconciliation's repair do, or replay disagrees with the live ledger."""
+    engine = engine_on_chain
+    world = engine.deployment
+    payment_id = captured(engine)
+    terms = payment(engine, payment_id).terms
+    funder = world.arbiter
+    merchant_before = world.balance(world.merchant.address)
+    funder_before = world.balance(funder.address)
+    payer_before = world.balance(world.payer.address)
+
+    # Sent by the arbiter itself (merchantFunds false): the engine's commands never do that.
+    seq = world.state(terms)[2]
+    funder.send(world.escrow.functions.openDispute(terms_tuple(terms), seq, DISPUTED, False))
+    engine.run_until_quiescent()
+    assert payment(engine, payment_id).disputed == DISPUTED
+    seq = world.state(terms)[2]
+    payer_wins = winner is Party.PAYER
+    funder.send(world.escrow.functions.resolveDispute(terms_tuple(terms), seq, payer_wins))
+    engine.run_until_quiescent()
+
+    resolved = payment(engine, payment_id)
+    assert (resolved.status, resolved.disputed) == (status, 0)
+    assert world.balance(funder.address) - funder_before == funder_gets_back - DISPUTED
+    assert world.balance(world.payer.address) - payer_before == payer_gets
+    assert world.balance(world.merchant.address) == merchant_before
+    asset = AssetKey(engine.chain_id, world.token.address)
+    with engine.db.snapshot() as conn:
+        ledger = Ledger()
+        funded = ledger.balance(conn, AccountKey(asset, AccountKind.REFUNDS, funder.address))
+        merchant = ledger.balance(
+            conn, AccountKey(asset, AccountKind.MERCHANT_SETTLED, world.merchant.address)
+        )
+    # What the funder's account lent the escrow and got back, and the merchant untouched.
+    assert funded.posted == funder_gets_back - DISPUTED
+    assert merchant.posted == AMOUNT - fee_for(AMOUNT, FEE_BPS)
+    assert_books_match_chain(engine)  # replay --verify identical included
+    target = ChainTarget(engine.backend.w3, engine.chain_id, world.escrow.address)
+    report = reconcile(engine.db, target, now=engine.now())
+    assert (report.mismatched, report.details) == (0, ())

@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import TypeVar
 
 import pytest
@@ -30,6 +31,7 @@ from engine.domain.events import (
 from engine.domain.ids import IdPrefix, PaymentTerms, new_id
 from engine.domain.money import Leg
 from engine.domain.payment import Payment, PaymentStatus, apply, decide_request, start
+from engine.store import ledger as ledger_module
 from engine.store.db import Database
 from engine.store.event_store import EventStore, NewEvent
 from engine.store.ledger import Ledger, scratch_tables
@@ -438,6 +440,24 @@ def test_reading_back_an_unbalanced_entry_crashes(ledger: Ledger, conn: Connecti
     assert any("sums to -1" in problem for problem in ledger.verify(conn).problems)
 
 
+def test_verify_reads_a_page_at_a_time_and_finds_the_same_problems(
+    ledger: Ledger, conn: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for n in range(3):
+        hold(ledger, conn, f"hold-{n}", 100 + n, posted=True)
+    conn.execute(update(ledger_postings).where(ledger_postings.c.amount == 101).values(amount=99))
+    whole = ledger.verify(conn)
+
+    # One account and one posting per statement: an entry's postings span pages.
+    monkeypatch.setattr(ledger_module, "ACCOUNTS_PER_PAGE_MAX", 1)
+    monkeypatch.setattr(ledger_module, "POSTINGS_PER_PAGE_MAX", 1)
+    paged = ledger.verify(conn)
+
+    assert paged == whole
+    assert (paged.entries, paged.accounts) == (3, 2)
+    assert any("sums to -2" in problem for problem in paged.problems)
+
+
 @pytest.mark.parametrize(
     "make",
     [
@@ -626,15 +646,15 @@ def payment_after(*events: Event) -> Payment:
 
 AUTHORIZED = Authorized(payment_id=PAY, at=1_000, amount=1_000)
 CAPTURED = Captured(payment_id=PAY, at=1_000, amount=1_000, fee=50, legs=(Leg(PARTNER, 30),))
-DISPUTE = DisputeOpened(payment_id=PAY, at=1_000, amount=400)
+DISPUTE = DisputeOpened(payment_id=PAY, at=1_000, amount=400, funder=MERCHANT.owner)
 
 
 def account(kind: AccountKind, owner: str = "") -> AccountKey:
     return AccountKey(ASSET, kind, owner)
 
 
-def book(event: Event, before: Payment, funder: str | None = None) -> set[Transfer]:
-    return set(transfers_for(event, before, chain_id=CHAIN_ID, funder=funder))
+def book(event: Event, before: Payment) -> set[Transfer]:
+    return set(transfers_for(event, before, chain_id=CHAIN_ID))
 
 
 def test_an_authorization_moves_the_amount_from_the_payer_into_escrow() -> None:
@@ -666,28 +686,49 @@ def test_a_void_or_reclaim_returns_the_hold_to_the_payer(kind: type[Voided | Rec
     ids=["merchant-funded", "operator-funded"],
 )
 def test_a_refund_goes_from_its_funder_to_the_payer(funder: str, pays: AccountKey) -> None:
-    refund = Refunded(payment_id=PAY, at=1_000, amount=300)
+    refund = Refunded(payment_id=PAY, at=1_000, amount=300, funder=funder)
     before = payment_after(AUTHORIZED, CAPTURED)
-    assert book(refund, before, funder) == {Transfer(pays, PAYER, 300)}
+    assert book(refund, before) == {Transfer(pays, PAYER, 300)}
 
 
-def test_a_dispute_freezes_the_funders_money_until_the_arbiter_decides() -> None:
+@pytest.mark.parametrize(
+    ("funder", "funded"),
+    [(MERCHANT.owner, MERCHANT), (OPERATOR, account(AccountKind.REFUNDS, OPERATOR))],
+    ids=["merchant-funded", "operator-funded"],
+)
+def test_a_dispute_freezes_the_funders_money_and_a_resolution_pays_whoever_the_chain_paid(
+    funder: str, funded: AccountKey
+) -> None:
+    dispute = replace(DISPUTE, funder=funder)
     before = payment_after(AUTHORIZED, CAPTURED)
-    assert book(DISPUTE, before, MERCHANT.owner) == {Transfer(MERCHANT, DISPUTES, 400)}
+    assert book(dispute, before) == {Transfer(funded, DISPUTES, 400)}
 
-    frozen = payment_after(AUTHORIZED, CAPTURED, DISPUTE)
-    payer_wins = DisputeResolved(payment_id=PAY, at=1_000, winner=Party.PAYER)
-    merchant_wins = DisputeResolved(payment_id=PAY, at=1_000, winner=Party.MERCHANT)
+    frozen = payment_after(AUTHORIZED, CAPTURED, dispute)
+    payer_wins = DisputeResolved(payment_id=PAY, at=1_000, winner=Party.PAYER, paid_to=PAYER.owner)
+    merchant_wins = DisputeResolved(payment_id=PAY, at=1_000, winner=Party.MERCHANT, paid_to=funder)
     assert book(payer_wins, frozen) == {Transfer(DISPUTES, PAYER, 400)}
-    assert book(merchant_wins, frozen, OPERATOR) == {
-        Transfer(DISPUTES, account(AccountKind.REFUNDS, OPERATOR), 400)
-    }
+    assert book(merchant_wins, frozen) == {Transfer(DISPUTES, funded, 400)}
 
 
-def test_a_refund_or_dispute_without_its_funder_is_refused() -> None:
+def test_a_resolution_the_payer_won_paying_anyone_else_is_refused() -> None:
+    frozen = payment_after(AUTHORIZED, CAPTURED, DISPUTE)
+    wrong = DisputeResolved(payment_id=PAY, at=1_000, winner=Party.PAYER, paid_to=OPERATOR)
+    with pytest.raises(InvalidLedgerInput, match="the payer won"):
+        book(wrong, frozen)
+
+
+def test_events_stored_before_they_named_their_accounts_book_the_merchants_money() -> None:
+    """Until events named their funder and payee, the engine's commands had the merchant fund
+    every refund and dispute, so an event without them books the merchant's account."""
+    before = payment_after(AUTHORIZED, CAPTURED)
     refund = Refunded(payment_id=PAY, at=1_000, amount=300)
-    with pytest.raises(InvalidLedgerInput):
-        book(refund, payment_after(AUTHORIZED, CAPTURED))
+    dispute = DisputeOpened(payment_id=PAY, at=1_000, amount=400)
+    merchant_wins = DisputeResolved(payment_id=PAY, at=1_000, winner=Party.MERCHANT)
+    assert book(refund, before) == {Transfer(MERCHANT, PAYER, 300)}
+    assert book(dispute, before) == {Transfer(MERCHANT, DISPUTES, 400)}
+    assert book(merchant_wins, payment_after(AUTHORIZED, CAPTURED, dispute)) == {
+        Transfer(DISPUTES, MERCHANT, 400)
+    }
 
 
 @pytest.mark.parametrize(
@@ -733,16 +774,16 @@ def test_an_unclaimed_payout_stays_in_escrow_until_withdrawn(
 def test_a_payment_history_books_balanced_entries_that_leave_the_escrow_empty(
     ledger: Ledger, conn: Connection
 ) -> None:
-    history: list[tuple[Event, str | None]] = [
-        (AUTHORIZED, None),
-        (CAPTURED, None),
-        (DISPUTE, OPERATOR),
-        (DisputeResolved(payment_id=PAY, at=1_000, winner=Party.MERCHANT), OPERATOR),
-        (Refunded(payment_id=PAY, at=1_000, amount=1_000), MERCHANT.owner),
+    history: list[Event] = [
+        AUTHORIZED,
+        CAPTURED,
+        replace(DISPUTE, funder=OPERATOR),
+        DisputeResolved(payment_id=PAY, at=1_000, winner=Party.MERCHANT, paid_to=OPERATOR),
+        Refunded(payment_id=PAY, at=1_000, amount=1_000, funder=MERCHANT.owner),
     ]
     payment = payment_after()
-    for n, (event, funder) in enumerate(history):
-        entry = entry_for(event, payment, chain_id=CHAIN_ID, key=f"log-{n}", funder=funder)
+    for n, event in enumerate(history):
+        entry = entry_for(event, payment, chain_id=CHAIN_ID, key=f"log-{n}")
         assert entry is not None and entry.payment_id == PAY
         ledger.record(conn, entry, T, state=EntryState.POSTED)
         payment = apply(payment, event)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import pytest
@@ -90,7 +90,6 @@ class Booked:
     """One money-moving chain event and the ledger entry that books it."""
 
     event: Event
-    funder: str | None
     entry: NewEntry
 
 
@@ -128,16 +127,16 @@ class LedgerMachine(RuleBasedStateMachine):
         payments = self.fitting(fits)
         return payments[index % len(payments)]
 
-    def book(self, events: list[Event], funder: str | None = None) -> None:
+    def book(self, events: list[Event]) -> None:
         [event] = events
         before = self.projection(event.payment_id, self.log)
         key = f"{self.chain_id}:{next(self.keys)}"
-        entry = entry_for(event, before, chain_id=self.chain_id, key=key, funder=funder)
+        entry = entry_for(event, before, chain_id=self.chain_id, key=key)
         assert entry is not None
         with self.database.transaction() as conn:
             recorded = self.ledger.record(conn, entry, AT)
         assert recorded.state is EntryState.PENDING
-        self.log.append(Booked(event, funder, entry))
+        self.log.append(Booked(event, entry))
 
     # --- chain events ------------------------------------------------------------------------
 
@@ -215,7 +214,9 @@ class LedgerMachine(RuleBasedStateMachine):
             events = decide_refund(payment, max(1, payment.refundable * percent // 100), T0)
         except DomainError:
             return
-        self.book(events, payment.terms.merchant if merchant_funds else OPERATOR)
+        # The chain's log names the funder the escrow pulled from.
+        funder = payment.terms.merchant if merchant_funds else OPERATOR
+        self.book([replace(event, funder=funder) for event in events])
 
     @precondition(lambda self: bool(self.fitting(_disputable)))
     @rule(
@@ -229,7 +230,9 @@ class LedgerMachine(RuleBasedStateMachine):
             events = decide_open_dispute(payment, max(1, payment.refundable * percent // 100), T0)
         except DomainError:
             return
-        self.book(events, payment.terms.merchant if merchant_funds else OPERATOR)
+        # The chain's log names the funder the escrow pulled from.
+        funder = payment.terms.merchant if merchant_funds else OPERATOR
+        self.book([replace(event, funder=funder) for event in events])
 
     @precondition(lambda self: bool(self.fitting(_disputed)))
     @rule(index=st.integers(0, PICK_MAX - 1), winner=st.sampled_from(Party))
@@ -245,7 +248,9 @@ class LedgerMachine(RuleBasedStateMachine):
             for item in self.log
             if item.event.payment_id == payment.id and isinstance(item.event, DisputeOpened)
         ][-1:]
-        self.book(events, opened.funder)
+        assert isinstance(opened.event, DisputeOpened)
+        paid_to = payment.terms.payer if winner is Party.PAYER else opened.event.funder
+        self.book([replace(event, paid_to=paid_to) for event in events])
 
     # --- confirmations, reorgs and retries ---------------------------------------------------
 

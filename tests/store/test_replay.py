@@ -46,7 +46,6 @@ def book(
     database: Database,
     payment: Payment | None,
     event: Event,
-    funder: str | None = None,
     *,
     chain_id: int = CHAIN_ID,
 ) -> Payment:
@@ -64,7 +63,7 @@ def book(
             project(conn, current, [event], version + 1)
         if payment is not None:
             key = f"mirror:{stored[0].position}"
-            entry = entry_for(event, payment, chain_id=chain_id, key=key, funder=funder)
+            entry = entry_for(event, payment, chain_id=chain_id, key=key)
             if entry is not None:
                 Ledger().record(conn, entry, event.at, state=EntryState.POSTED)
     if payment is None:
@@ -80,7 +79,9 @@ def settled_payment(database: Database, terms: PaymentTerms, at: int) -> Payment
     payment = book(database, payment, Authorized(payment_id=pid, at=at, amount=100))
     captured = Captured(payment_id=pid, at=at, amount=60, fee=fee_for(60, 100))
     payment = book(database, payment, captured)
-    return book(database, payment, Refunded(payment_id=pid, at=at, amount=10), terms.merchant)
+    return book(
+        database, payment, Refunded(payment_id=pid, at=at, amount=10, funder=terms.merchant)
+    )
 
 
 def _terms(salt: int) -> PaymentTerms:
