@@ -24,7 +24,7 @@ from engine.domain.events import Event, PaymentRequested, event_from_dict
 from engine.domain.ids import PaymentTerms
 from engine.domain.payment import Payment, PaymentStatus, apply, replay, start
 from engine.store.db import insert_rows, one_of, update_rows
-from engine.store.event_store import EventStore, Json, NewEvent, StoredEvent, canonical_json
+from engine.store.event_store import EventStore, Json, NewEvent, canonical_json
 from engine.store.schema import events, payments
 
 _T = TypeVar("_T")
@@ -133,7 +133,9 @@ def caught_up(conn: Connection, store: EventStore, current: ProjectedPayment) ->
     newer = store.read(conn, current.payment.id, current.version)
     if not newer:
         return current
-    return project(conn, current, [_domain_event(s) for s in newer], newer[-1].version)
+    return project(
+        conn, current, [domain_event_from(s.kind, s.payload) for s in newer], newer[-1].version
+    )
 
 
 def caught_up_many(
@@ -152,7 +154,7 @@ def caught_up_many(
         )
         for row in rows:
             newer.setdefault(row.stream_id, []).append(
-                _domain_event_from(row.kind, json.loads(row.payload))
+                domain_event_from(row.kind, json.loads(row.payload))
             )
             last[row.stream_id] = row.version
     result = dict(currents)
@@ -163,11 +165,9 @@ def caught_up_many(
     return result
 
 
-def _domain_event(stored: StoredEvent) -> Event:
-    return _domain_event_from(stored.kind, stored.payload)
-
-
-def _domain_event_from(kind: str, payload: Mapping[str, object]) -> Event:
+def domain_event_from(kind: str, payload: Mapping[str, object]) -> Event:
+    """The one mapper from a stored event's kind and payload to its domain event; events
+    stored before a field was added read with that field's default."""
     return event_from_dict({"kind": kind, **payload})
 
 
@@ -276,6 +276,6 @@ def _underlying_statuses(
         for row in rows:
             if row.version <= versions[row.stream_id]:
                 streams.setdefault(row.stream_id, []).append(
-                    _domain_event_from(row.kind, json.loads(row.payload))
+                    domain_event_from(row.kind, json.loads(row.payload))
                 )
     return {payment_id: replay(stream).underlying for payment_id, stream in streams.items()}

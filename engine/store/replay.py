@@ -36,7 +36,6 @@ from engine.domain.events import (
     ConflictResolved,
     Event,
     PaymentRequested,
-    event_from_dict,
 )
 from engine.domain.ids import IdPrefix
 from engine.domain.payment import Payment, apply, start
@@ -46,6 +45,7 @@ from engine.store.event_store import READ_ALL_LIMIT_MAX, EventStore, InvalidEven
 from engine.store.ledger import ENTRIES_PER_CALL_MAX, LIVE_TABLES, Ledger, scratch_tables
 from engine.store.ledger_entries import EntryState, NewEntry
 from engine.store.ledger_events import credit_entry, entry_for
+from engine.store.projections import domain_event_from
 from engine.store.schema import chain_binding, streams
 
 # A replayed payment's history is folded in memory; this bounds one payment's events.
@@ -126,11 +126,11 @@ class PaymentHistory:
 
 def domain_event(stored: StoredEvent) -> Event | None:
     """The domain event a stored one holds, or None for events of other kinds (a saga's, say).
-    Events stored before a field was added read with its default (``event_from_dict``)."""
+    Decoded by the projection's one mapper."""
     if stored.kind not in EVENT_TYPES:
         return None
     try:
-        return event_from_dict({**stored.payload, "kind": stored.kind})
+        return domain_event_from(stored.kind, stored.payload)
     except DomainError as error:
         raise ReplayError(
             f"event {stored.stream_id} v{stored.version} does not decode: {error}"

@@ -24,6 +24,7 @@ from engine.store.ledger import Ledger
 from engine.store.ledger_accounts import AccountKey, AccountKind, AssetKey
 from engine.store.projections import load
 from engine.store.schema import payment_commands, txs
+from engine.tools.localnet import local_engine
 from tests.fixtures.pipeline_support import (
     AMOUNT,
     FEE_BPS,
@@ -210,7 +211,7 @@ def test_a_dispute_call_the_escrow_refuses_fails_its_command_and_books_nothing(
 @pytest.fixture
 def engine_on_chain(db_url: str, chain: ChainBackend) -> Iterator[SettlementEngine]:
     """The settlement engine on each EVM (the ``chain`` fixture reverts what it mined)."""
-    settlement = SettlementEngine(db_url, chain, roles=frozenset({Role.RELAY, Role.MIRROR}))
+    settlement = local_engine(db_url, chain, roles=frozenset({Role.RELAY, Role.MIRROR}))
     yield settlement
     settlement.close()
 
