@@ -9,11 +9,6 @@ from __future__ import annotations
 
 from engine.chain.errors import ChainError
 
-# Raised by the chain layer's record reader and the composition root's URL lookup, which
-# `settle deploy` shares; named here too so that the deployment's errors stay in one list.
-from engine.chain.errors import DeploymentRecordInvalid as DeploymentRecordInvalid
-from engine.chain.errors import RpcUrlMissing as RpcUrlMissing
-
 
 class NetworkNotDeployable(ChainError):
     code = "network_not_deployable"

@@ -31,7 +31,7 @@ from engine.chain.contracts.compiler import (
     standard_json_input,
 )
 from engine.chain.contracts.escrow import ESCROW_NAME, ROLES
-from engine.chain.errors import ChainIdMismatch
+from engine.chain.errors import ChainIdMismatch, RpcUrlMissing
 from engine.chain.keys import (
     KEY_ENV_VAR,
     PASSWORD_ENV_VAR,
@@ -62,7 +62,6 @@ from engine.deploy.errors import (
     InsufficientFunds,
     NetworkNotDeployable,
     RpcUnreachable,
-    RpcUrlMissing,
     TransactionReverted,
 )
 from engine.deploy.escrow_create2 import ESCROW_SALT, escrow_address
