@@ -119,9 +119,11 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
     uint256 public constant BPS = 10_000;
     /// @notice The largest hold, so that amounts and the fee carry share one storage slot.
     uint256 public constant AMOUNT_MAX = type(uint112).max;
-    /// @dev A failed isolated batch operation that left at most this fraction (1/16) of the gas
-    /// it was given ran out of gas in a nested call (each level of calls keeps 1/64 under the
-    /// 63/64 rule, so a starved call three levels deep still shows), not refused.
+    /// @dev A failed call (an isolated batch operation, a payout's transfer) that left at most
+    /// this fraction (1/16) of the gas it was given ran out of gas itself or in a call it made
+    /// (each level keeps 1/64 under the 63/64 rule, so starvation three levels deep still
+    /// shows): it was not refused. A refusal costs far less than 15/16 of a call's gas unless the
+    /// gas was short anyway, and then a retry with more gas gives the refusal.
     uint256 private constant _STARVED_DIVISOR = 16;
     uint256 public constant LEGS_MAX = 4;
     uint256 public constant BATCH_SIZE_MAX = 256;
@@ -886,11 +888,12 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
 
     /// @dev A recipient that cannot receive (blocklisted, reverting hook) must not block the
     /// settlement of everyone else: its payout becomes a credit it can withdraw later. A
-    /// transfer that failed for want of gas says nothing about the recipient, so it reverts.
+    /// transfer that failed for want of gas (the token's, or a hook's inside it) says nothing
+    /// about the recipient, so it reverts.
     function _push(address token, address to, uint256 amount) private {
         uint256 gasBefore = gasleft();
         if (!IERC20(token).trySafeTransfer(to, amount)) {
-            if (gasleft() <= gasBefore / 64) revert PayoutOutOfGas(token, to);
+            if (gasleft() <= gasBefore / _STARVED_DIVISOR) revert PayoutOutOfGas(token, to);
             _credits[token][to] += amount;
             emit Credited(token, to, amount);
         }

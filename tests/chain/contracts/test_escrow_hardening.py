@@ -253,6 +253,34 @@ def test_payer_wallet_refusing_the_signature_is_still_logged_as_a_refusal(
     assert decode_revert(failed["reason"]).error == "InvalidPayerSignature"
 
 
+def test_payout_starved_of_gas_reverts_with_PayoutOutOfGas_instead_of_becoming_a_credit(
+    world: LocalDeployment,
+) -> None:
+    # A token whose transfer runs a costly hook (as an ERC-777 recipient or a token with
+    # transfer checks may): given too little gas, the payout fails for want of it.
+    token = deploy_funded_token(world, "ReentrantToken")
+    terms = world.terms(100 * UNIT, token=token.address)
+    world.authorize(terms)
+    wallet = world.admin.deploy("GasHungryWallet", world.other.address, PASSKEY_CHECK_GAS)
+    hook = wallet.encode_abi("isValidSignature", [bytes(32), b""])
+    world.admin.send(token.functions.setHook(wallet.address, hook))
+    call = world.escrow.functions.capture(terms_tuple(terms), 1, 100 * UNIT, 0, [])
+
+    with pytest.raises(Exception) as caught:  # each backend raises its own type
+        call.call({"from": world.operator.address, "gas": 150_000})
+
+    starved = caught.value
+    if not isinstance(starved, ContractReverted):
+        starved = decode_revert(revert_data(starved))
+    assert (starved.error, starved.args_by_name) == (
+        "PayoutOutOfGas",
+        {"token": token.address, "to": world.merchant.address},
+    )
+    receipt = world.operator.send(call)  # under an estimate: paid, not credited
+    assert payouts(world, receipt, token) == [(world.merchant.address, 100 * UNIT)]
+    assert world.escrow.functions.credits(token.address, world.merchant.address).call() == 0
+
+
 # ─────────────────── 4. fee and legs bounded on the payment's running totals ───────────────────
 
 
