@@ -19,12 +19,16 @@ import {SignatureChecker} from "@openzeppelin/contracts/utils/cryptography/Signa
  *
  * Payment terms travel in calldata and are verified by hash: the payment id is the EIP-712
  * typed-data hash of the terms, which is also what the payer signs. Storage holds one slot per
- * payment (capturable, refundable, operation sequence).
+ * payment (capturable, refundable, fee-budget carry, operation sequence).
  *
  * Solvency invariant: token.balanceOf(this) == Σ capturable + Σ frozen (disputes) + Σ credits.
  *
  * Every mutating operation on an existing payment carries the payment's expected operation
  * sequence number, so an operation replayed by an at-least-once relay can never apply twice.
+ *
+ * Not supported: tokens whose balances change without a transfer (rebasing, interest-bearing)
+ * break the solvency invariant, and fee-on-transfer tokens are refused by the pull's
+ * balance-delta check. Amounts above AMOUNT_MAX (2^112 - 1) are refused.
  */
 contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 {
     using SafeERC20 for IERC20;
@@ -79,17 +83,24 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
         PaymentTerms terms;
     }
 
-    /// @dev One storage slot per payment, packed by hand (capturable | refundable << 120 |
-    /// seq << 240) so every operation costs exactly one SLOAD and one SSTORE.
-    /// `seq` counts applied operations; 0 means unknown.
+    /// @dev One storage slot per payment, packed by hand (capturable | refundable << 112 |
+    /// carry << 224 | seq << 240) so every operation costs exactly one SLOAD and one SSTORE.
+    /// `carry` is how far the captures' fees and legs so far went beyond their exact share of
+    /// maxFeeBps, in 10⁻⁴ of a token unit (below BPS): what keeps rounding up per capture from
+    /// adding up over many captures. `seq` counts applied operations; 0 means unknown.
     struct Payment {
-        uint120 capturable;
-        uint120 refundable;
+        uint112 capturable;
+        uint112 refundable;
+        uint16 carry;
         uint16 seq;
     }
 
+    /// @dev `seq` is the sequence the dispute was opened at; `merchantFunded` whether the
+    /// freeze counts against the merchant's funding of the payment.
     struct Dispute {
         uint120 amount;
+        uint16 seq;
+        bool merchantFunded;
         address funder;
     }
 
@@ -106,6 +117,14 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
     );
 
     uint256 public constant BPS = 10_000;
+    /// @notice The largest hold, so that amounts and the fee carry share one storage slot.
+    uint256 public constant AMOUNT_MAX = type(uint112).max;
+    /// @dev A failed call (an isolated batch operation, a payout's transfer) that left at most
+    /// this fraction (1/16) of the gas it was given ran out of gas itself or in a call it made
+    /// (each level keeps 1/64 under the 63/64 rule, so starvation three levels deep still
+    /// shows): it was not refused. A refusal costs far less than 15/16 of a call's gas unless the
+    /// gas was short anyway, and then a retry with more gas gives the refusal.
+    uint256 private constant _STARVED_DIVISOR = 16;
     uint256 public constant LEGS_MAX = 4;
     uint256 public constant BATCH_SIZE_MAX = 256;
     /// @dev Bytes of a batch record before its `data`; layout in {settleBatch}.
@@ -122,9 +141,12 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
     mapping(bytes32 paymentId => uint256 packed) private _payments;
     mapping(bytes32 paymentId => Dispute) private _disputes;
     mapping(address token => mapping(address account => uint256)) private _credits;
-    /// @dev Who may pull a merchant's funds (by its allowance) for refunds and disputes. Terms
-    /// are signed by the payer, not the merchant, so naming a merchant must not be enough.
-    mapping(address merchant => mapping(address funder => bool)) private _fundingApproved;
+    /// @dev How much of a merchant's funds (by its token allowance) each spender may still pull
+    /// for refunds and disputes. Terms are signed by the payer, not the merchant, so naming a
+    /// merchant must not be enough; type(uint256).max is not counted down.
+    mapping(address merchant => mapping(address spender => uint256)) private _fundingAllowances;
+    /// @dev What the merchant funded of a payment's refunds and open or lost disputes.
+    mapping(bytes32 paymentId => uint256) private _merchantFunded;
 
     // ──────────────────────────── events ─────────────────────────────
 
@@ -143,8 +165,10 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
     event OperationFailed(bytes32 indexed paymentId, uint256 index, bytes reason);
     /// @notice A payout could not be pushed (e.g. a blocklisting token) and awaits withdrawal.
     event Credited(address indexed token, address indexed account, uint256 amount);
+    /// @notice `account` withdrew its credits; `to` is always `account`.
     event Withdrawn(address indexed token, address indexed account, address to, uint256 amount);
-    event FundingApproved(address indexed merchant, address indexed spender, bool approved);
+    /// @notice `merchant` let `spender` pull up to `cap` of its funds for refunds and disputes.
+    event FundingApproved(address indexed merchant, address indexed spender, uint256 cap);
 
     // ──────────────────────────── errors ─────────────────────────────
 
@@ -178,7 +202,10 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
     error BatchOutOfGas(uint256 index);
     error OnlySelf();
     error NothingToWithdraw(address token, address account);
-    error FundingNotApproved(address merchant, address spender);
+    error FundingAllowanceExceeded(address merchant, address spender, uint256 amount, uint256 allowance);
+    error MerchantFundingExceeded(bytes32 paymentId, uint256 funded, uint256 bound);
+    error SequenceExhausted(bytes32 paymentId);
+    error PayoutOutOfGas(address token, address to);
 
     // ────────────────────────── construction ─────────────────────────
 
@@ -191,11 +218,12 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
     // ─────────────────────── payment operations ──────────────────────
 
     /**
-     * @notice Places a hold of `amount` (≤ terms.maxAmount) by pulling it from the payer.
+     * @notice Places a hold of `amount` (≤ terms.maxAmount and ≤ AMOUNT_MAX) by pulling it from
+     * the payer.
      * @dev Caller: terms.operator, holding OPERATOR_ROLE; not while paused.
      * Emits {Authorized}. Reverts with PaymentExists, AuthorizationExpired, AmountExceedsMax,
      * InvalidExpiries, InvalidFeeBounds, InvalidPayerSignature, ShortPull, NotOperator,
-     * ZeroAddress, InvalidRecipient (the escrow as merchant or fee receiver).
+     * ZeroAddress, InvalidRecipient (the escrow as merchant or fee receiver), EnforcedPause.
      * @return id the EIP-712 hash of `terms`.
      */
     function authorize(PaymentTerms memory terms, uint256 amount, Method method, bytes memory auth)
@@ -209,7 +237,8 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
 
     /**
      * @notice Authorize and capture `amount` in one call (a sale with immediate settlement).
-     * @dev Caller and reverts: as {authorize} and {capture}. Emits {Authorized} and {Captured}.
+     * @dev Caller and reverts: as {authorize} and {capture}. Emits {Authorized}, {Captured},
+     * and {LegPaid} per leg.
      */
     function charge(
         PaymentTerms memory terms,
@@ -224,34 +253,59 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
     }
 
     /**
-     * @notice Captures `amount` of the hold, split atomically: fee = ceil(amount·feeBps/10⁴) to
-     * the fee receiver, `legs` to extra accounts, the rest to the merchant.
-     * @dev Caller: terms.operator. Only before the authorization expiry. feeBps within the
-     * payer-signed bounds; fee plus legs within ceil(amount·maxFeeBps/10⁴).
-     * Emits {Captured} (and {LegPaid} per leg). Reverts with PaymentNotFound, StaleSequence,
-     * AuthorizationExpired, AmountExceedsCapturable, FeeOutOfBounds, TooManyLegs, InvalidLeg,
-     * FeeBudgetExceeded, NotOperator, ZeroAmount.
+     * @notice Captures `amount` of the hold, split atomically: the fee to the fee receiver, `legs`
+     * to extra accounts, the rest to the merchant. The fee is ceil(amount·feeBps/10⁴), less the
+     * one unit rounding up may add when that unit would break the payment's fee budget.
+     * @dev Caller: terms.operator, holding OPERATOR_ROLE (revoking it stops the operator's
+     * captures at once). Only before the authorization expiry; feeBps within the payer-signed
+     * bounds. The fee budget is kept on the
+     * payment's running totals: over all its captures, fees plus legs never exceed
+     * ceil(total captured·maxFeeBps/10⁴), and, at one feeBps, the fees are never less than
+     * ceil(total captured·feeBps/10⁴) however the captures are split.
+     * Emits {Captured} and {LegPaid} per leg. Reverts with
+     * PaymentNotFound, StaleSequence, SequenceExhausted, AuthorizationExpired,
+     * AmountExceedsCapturable, FeeOutOfBounds, TooManyLegs, InvalidLeg, FeeBudgetExceeded,
+     * NotOperator, ZeroAmount, AccessControlUnauthorizedAccount, PayoutOutOfGas.
      */
-    function capture(PaymentTerms memory terms, uint16 seq, uint256 amount, uint16 feeBps, Leg[] memory legs)
+    function capture(PaymentTerms calldata terms, uint16 seq, uint256 amount, uint16 feeBps, Leg[] memory legs)
         external
         nonReentrant
+        onlyRole(OPERATOR_ROLE)
     {
-        _capture(_paymentId(terms), terms, seq, amount, feeBps, legs, msg.sender, false);
+        PaymentTerms memory t = _termsFromCalldata(terms);
+        _capture(_paymentId(t), t, seq, amount, feeBps, legs, msg.sender, false);
+    }
+
+    /// @dev The terms copied word for word, unchecked: they are only used under the payment id
+    /// they hash to, and a word that is not canonical ABI hashes to a payment that was never
+    /// authorized ({authorize} decodes its terms with every check), so the operation reverts
+    /// with PaymentNotFound.
+    function _termsFromCalldata(PaymentTerms calldata terms) private pure returns (PaymentTerms memory t) {
+        assembly ("memory-safe") {
+            calldatacopy(t, terms, 0x160)
+        }
     }
 
     /**
      * @notice Releases `amount` of the hold back to the payer (full or partial void).
-     * @dev Caller: terms.operator. Emits {Voided}. Reverts with PaymentNotFound, StaleSequence,
-     * AmountExceedsCapturable, NotOperator, ZeroAmount.
+     * @dev Caller: terms.operator, holding OPERATOR_ROLE; also while paused (it only returns
+     * money to the payer). Emits {Voided}. Reverts with PaymentNotFound, StaleSequence,
+     * SequenceExhausted, AmountExceedsCapturable, NotOperator, ZeroAmount,
+     * AccessControlUnauthorizedAccount, PayoutOutOfGas.
      */
-    function void(PaymentTerms memory terms, uint16 seq, uint256 amount) external nonReentrant {
+    function void(PaymentTerms memory terms, uint16 seq, uint256 amount)
+        external
+        nonReentrant
+        onlyRole(OPERATOR_ROLE)
+    {
         _void(_paymentId(terms), terms, seq, amount, msg.sender, false);
     }
 
     /**
      * @notice Returns the whole remaining hold to the payer once the authorization expired.
-     * @dev Caller: terms.payer. Works while paused: a payer's exit never depends on operators.
-     * Emits {Reclaimed}. Reverts with NotPayer, PaymentNotFound, AuthorizationNotExpired, ZeroAmount.
+     * @dev Caller: terms.payer. Works while paused, whatever the operator's role, and at the
+     * sequence cap: a payer's exit never depends on operators. Emits {Reclaimed}. Reverts with
+     * NotPayer, PaymentNotFound, AuthorizationNotExpired, ZeroAmount, PayoutOutOfGas.
      */
     function reclaim(PaymentTerms memory terms) external nonReentrant {
         if (msg.sender != terms.payer) revert NotPayer(msg.sender, terms.payer);
@@ -261,36 +315,40 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
             revert AuthorizationNotExpired(terms.authorizationExpiry, block.timestamp);
         }
         if (p.capturable == 0) revert ZeroAmount();
-        // Saturates instead of overflowing: the payer's exit must not depend on how many
-        // operations the operator made (a stale seq at the cap still reverts on the next op).
-        uint16 seq = p.seq == type(uint16).max ? p.seq : p.seq + 1;
-        _store(id, Payment(0, p.refundable, seq));
+        _store(id, 0, p.refundable, p.carry, _saturatingNext(p.seq));
         emit Reclaimed(id, p.seq, p.capturable);
         _push(terms.token, terms.payer, p.capturable);
     }
 
     /**
      * @notice Refunds `amount` of what was captured to the payer, funded by the caller or, with
-     * `merchantFunds`, by the merchant's allowance to this escrow (if it approved the caller
-     * with {approveFunding}).
-     * @dev Caller: terms.operator. Only before the refund expiry. Emits {Refunded}. Reverts with
-     * PaymentNotFound, StaleSequence, RefundWindowClosed, AmountExceedsRefundable, ShortPull,
-     * NotOperator, ZeroAmount, FundingNotApproved.
+     * `merchantFunds`, by the merchant's token allowance to this escrow. The merchant funds at
+     * most what it approved the caller for ({approveFunding}) and, per payment, at most its
+     * share net of the largest fee the payer allowed: its refunds and disputes funded together
+     * never exceed floor((refundable + merchant funded)·(10⁴ − maxFeeBps)/10⁴), which is never
+     * more than it was paid for the payment (net of fee and legs).
+     * @dev Caller: terms.operator, holding OPERATOR_ROLE; a merchant-funded refund not while
+     * paused. Only before the refund expiry. Emits {Refunded}. Reverts with PaymentNotFound,
+     * StaleSequence, SequenceExhausted, RefundWindowClosed, AmountExceedsRefundable, ShortPull,
+     * NotOperator, ZeroAmount, FundingAllowanceExceeded, MerchantFundingExceeded,
+     * AccessControlUnauthorizedAccount, EnforcedPause, PayoutOutOfGas.
      */
     function refund(PaymentTerms memory terms, uint16 seq, uint256 amount, bool merchantFunds)
         external
         nonReentrant
+        onlyRole(OPERATOR_ROLE)
     {
         _refund(_paymentId(terms), terms, seq, amount, merchantFunds, msg.sender, false);
     }
 
     /**
      * @notice Freezes `amount` of the refundable funds in the escrow while a dispute is open,
-     * pulling it from the caller or, with `merchantFunds`, from the merchant (if it approved the
-     * caller with {approveFunding}).
-     * @dev Caller: ARBITER_ROLE. One open dispute per payment. Emits {DisputeOpened}. Reverts
-     * with PaymentNotFound, StaleSequence, DisputeAlreadyOpen, AmountExceedsRefundable, ShortPull,
-     * FundingNotApproved.
+     * pulling it from the caller or, with `merchantFunds`, from the merchant, within the same
+     * bounds as a merchant-funded {refund}.
+     * @dev Caller: ARBITER_ROLE. One open dispute per payment; works while paused. Emits
+     * {DisputeOpened}. Reverts with PaymentNotFound, StaleSequence, SequenceExhausted,
+     * DisputeAlreadyOpen, AmountExceedsRefundable, ShortPull, ZeroAmount,
+     * FundingAllowanceExceeded, MerchantFundingExceeded.
      */
     function openDispute(PaymentTerms memory terms, uint16 seq, uint256 amount, bool merchantFunds)
         external
@@ -302,18 +360,22 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
         if (_disputes[id].amount != 0) revert DisputeAlreadyOpen(id);
         if (amount == 0) revert ZeroAmount();
         if (amount > p.refundable) revert AmountExceedsRefundable(amount, p.refundable);
-        address funder = _funder(terms, merchantFunds, msg.sender);
-        _store(id, Payment(p.capturable, p.refundable - uint120(amount), _next(seq)));
-        _disputes[id] = Dispute(uint120(amount), funder);
+        address funder = merchantFunds ? _fundByMerchant(id, terms, p, amount, msg.sender) : msg.sender;
+        _store(id, p.capturable, p.refundable - uint112(amount), p.carry, seq + 1);
+        _disputes[id] = Dispute(uint120(amount), seq, merchantFunds, funder);
         emit DisputeOpened(id, seq, amount, funder);
         _pull(terms.token, funder, amount);
     }
 
     /**
      * @notice Resolves the open dispute: the frozen funds go to the payer, or back to whoever
-     * funded the freeze (and become refundable again).
-     * @dev Caller: ARBITER_ROLE. Emits {DisputeResolved}. Reverts with PaymentNotFound,
-     * StaleSequence, NoOpenDispute.
+     * funded the freeze (and become refundable again; a merchant repaid may fund again).
+     * @dev Caller: ARBITER_ROLE. `seq` is any sequence of the payment from the one after the
+     * dispute's opening to the current one, so operator operations while the dispute is open
+     * cannot make the call stale, while a replay finds the dispute resolved (NoOpenDispute) and
+     * a call meant for an earlier dispute is stale. Works while paused and at the sequence cap
+     * (the sequence then stays at the cap). Emits {DisputeResolved} with the payment's current
+     * sequence. Reverts with PaymentNotFound, NoOpenDispute, StaleSequence, PayoutOutOfGas.
      */
     function resolveDispute(PaymentTerms memory terms, uint16 seq, bool payerWins)
         external
@@ -321,13 +383,18 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
         onlyRole(ARBITER_ROLE)
     {
         bytes32 id = _paymentId(terms);
-        Payment memory p = _sequenced(id, seq);
+        Payment memory p = _existing(id);
         Dispute memory d = _disputes[id];
         if (d.amount == 0) revert NoOpenDispute(id);
+        if (seq <= d.seq || seq > p.seq) revert StaleSequence(id, p.seq, seq);
         delete _disputes[id];
-        uint120 refundable = payerWins ? p.refundable : p.refundable + d.amount;
-        _store(id, Payment(p.capturable, refundable, _next(seq)));
-        emit DisputeResolved(id, seq, d.amount, payerWins);
+        uint112 refundable = p.refundable;
+        if (!payerWins) {
+            refundable += uint112(d.amount);
+            if (d.merchantFunded) _merchantFunded[id] -= d.amount;
+        }
+        _store(id, p.capturable, refundable, p.carry, _saturatingNext(p.seq));
+        emit DisputeResolved(id, p.seq, d.amount, payerWins);
         _push(terms.token, payerWins ? terms.payer : d.funder, d.amount);
     }
 
@@ -344,9 +411,11 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
      *   salt u256 | dataLength u16 | data (dataLength bytes; see {Record})
      * Caller: OPERATOR_ROLE, and terms.operator of every operation.
      * Reverts with EmptyBatch, BatchTooLarge, MalformedBatch, BatchOutOfGas (non-atomic: operation
-     * `index` ran out of the gas the call was given, so gas estimates find the limit that applies
-     * every operation), or (atomic) any error of the operations (a record whose `data` is not
-     * valid ABI for its kind fails with empty revert data).
+     * `index` failed having used all but 1/16 of the gas left for it, i.e. it or a call it made —
+     * the payer wallet's signature check, the token, a permit — ran out of gas; a retry with more
+     * gas, e.g. under an estimate, applies or refuses it for its own reasons), PayoutOutOfGas
+     * (a netted payout ran out of gas), or (atomic) any error of the operations (a record whose
+     * `data` is not valid ABI for its kind fails with empty revert data).
      */
     function settleBatch(bytes calldata ops, bool atomic) external nonReentrant onlyRole(OPERATOR_ROLE) {
         if (ops.length == 0) revert EmptyBatch();
@@ -361,10 +430,11 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
                 uint256 gasBefore = gasleft();
                 try this.applyIsolated(ops[at:next], msg.sender) {}
                 catch (bytes memory reason) {
-                    // A call starved of gas leaves this frame at most 1/64 of it. Its failure
-                    // says nothing about the operation, so the whole batch reverts rather than
-                    // log it as refused; a retry with a higher gas limit then applies it.
-                    if (gasleft() <= gasBefore / 64) revert BatchOutOfGas(index);
+                    // A call starved of gas leaves its caller at most 1/64 of the gas, at any
+                    // depth (the payer's ERC-1271 check, the token inside the operation).
+                    // Such a failure says nothing about the operation, so the whole batch
+                    // reverts rather than log it as refused; a retry with more gas decides.
+                    if (gasleft() <= gasBefore / _STARVED_DIVISOR) revert BatchOutOfGas(index);
                     emit OperationFailed(_paymentId(r.terms), index, reason);
                 }
             }
@@ -386,36 +456,46 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
     }
 
     /**
-     * @notice Pays out the caller's credits of `token` (payouts that could not be pushed) to `to`.
-     * @dev Caller: the credited account. Emits {Withdrawn}. Reverts with NothingToWithdraw,
-     * ZeroAddress, or, when the token refuses the transfer, the token's own error
-     * (SafeERC20FailedOperation if it just returns false); the credit then stays.
+     * @notice Pays the caller its credits of `token` (payouts that could not be pushed), to the
+     * credited account itself only: a credit kept because a token refused the account (a
+     * blocklist) cannot be moved to another address.
+     * @dev Caller: the credited account. Emits {Withdrawn}. Reverts with NothingToWithdraw or,
+     * when the token refuses the transfer, the token's own error (SafeERC20FailedOperation if it
+     * just returns false); the credit then stays.
      */
-    function withdraw(address token, address to) external nonReentrant {
+    function withdraw(address token) external nonReentrant {
         uint256 amount = _credits[token][msg.sender];
         if (amount == 0) revert NothingToWithdraw(token, msg.sender);
-        if (to == address(0)) revert ZeroAddress();
         _credits[token][msg.sender] = 0;
-        emit Withdrawn(token, msg.sender, to, amount);
-        IERC20(token).safeTransfer(to, amount);
+        emit Withdrawn(token, msg.sender, msg.sender, amount);
+        IERC20(token).safeTransfer(msg.sender, amount);
     }
 
     /**
-     * @notice Lets (or stops) `spender` fund refunds and disputes of the caller's payments from
-     * the caller's token allowance to this escrow (the `merchantFunds` option).
+     * @notice Lets `spender` (an operator, the arbiter) pull up to `cap` of the caller's funds,
+     * from the caller's token allowance to this escrow, for refunds and disputes of the caller's
+     * payments (the `merchantFunds` option); each pull counts down the cap, except a cap of
+     * type(uint256).max. A cap of 0 withdraws the approval.
      * @dev Caller: a merchant. Emits {FundingApproved}.
      */
-    function approveFunding(address spender, bool approved) external {
-        _fundingApproved[msg.sender][spender] = approved;
-        emit FundingApproved(msg.sender, spender, approved);
+    function approveFunding(address spender, uint256 cap) external {
+        _fundingAllowances[msg.sender][spender] = cap;
+        emit FundingApproved(msg.sender, spender, cap);
     }
 
-    /// @notice Stops new authorizations (captures, voids, refunds, reclaims go on). Caller: PAUSER_ROLE.
+    /**
+     * @notice Stops new holds and the pulls of merchants' funds: authorizations, charges and
+     * merchant-funded refunds. Captures, voids, refunds the operator funds, reclaims, disputes
+     * and withdrawals go on. The lever against a compromised operator key is the admin's
+     * revokeRole(OPERATOR_ROLE, key): every operator operation (capture, void, refund, batch)
+     * checks the caller's role, so it stops them at once, while payers still reclaim.
+     * @dev Caller: PAUSER_ROLE. Emits {Paused}.
+     */
     function pause() external onlyRole(PAUSER_ROLE) {
         _pause();
     }
 
-    /// @notice Resumes new authorizations. Caller: PAUSER_ROLE.
+    /// @notice Resumes what {pause} stopped. Caller: PAUSER_ROLE. Emits {Unpaused}.
     function unpause() external onlyRole(PAUSER_ROLE) {
         _unpause();
     }
@@ -439,9 +519,14 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
         return (d.amount, d.funder);
     }
 
-    /// @notice Whether `merchant` lets `spender` fund refunds and disputes from its allowance.
-    function fundingApproved(address merchant, address spender) external view returns (bool) {
-        return _fundingApproved[merchant][spender];
+    /// @notice How much of `merchant`'s funds `spender` may still pull for refunds and disputes.
+    function fundingAllowance(address merchant, address spender) external view returns (uint256) {
+        return _fundingAllowances[merchant][spender];
+    }
+
+    /// @notice What the merchant funded of the payment's refunds and open or lost disputes.
+    function merchantFunded(bytes32 id) external view returns (uint256) {
+        return _merchantFunded[id];
     }
 
     /// @notice Payouts of `token` owed to `account` that could not be pushed.
@@ -528,10 +613,11 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
         if (block.timestamp >= t.authorizationExpiry) revert AuthorizationExpired(t.authorizationExpiry, block.timestamp);
         if (amount == 0) revert ZeroAmount();
         if (amount > t.maxAmount) revert AmountExceedsMax(amount, t.maxAmount);
+        if (amount > AMOUNT_MAX) revert AmountExceedsMax(amount, AMOUNT_MAX);
         id = _paymentId(t);
         if (_load(id).seq != 0) revert PaymentExists(id);
 
-        _store(id, Payment(uint120(amount), 0, 1));
+        _store(id, uint112(amount), 0, 0, 1);
         emit Authorized(id, t, amount, method);
         _collect(id, t, amount, method, auth, sender);
     }
@@ -597,10 +683,10 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
         if (feeBps < t.minFeeBps || feeBps > t.maxFeeBps) revert FeeOutOfBounds(feeBps, t.minFeeBps, t.maxFeeBps);
         if (legs.length > LEGS_MAX) revert TooManyLegs(legs.length, LEGS_MAX);
 
-        // Unchecked: amount ≤ capturable ≤ maxAmount < 2^120 and bps ≤ 10⁴, so no product or
-        // sum below can overflow, and the budget check keeps the merchant's net non-negative.
+        // Unchecked: amount ≤ capturable ≤ AMOUNT_MAX < 2^112, bps ≤ 10⁴ and carry < 10⁴, so no
+        // product or sum below can overflow, the budget's numerator is positive, and the budget
+        // check keeps the merchant's net non-negative.
         unchecked {
-            uint256 fee = _ceilBps(amount, feeBps);
             uint256 extra;
             for (uint256 i; i < legs.length; ++i) {
                 address recipient = legs[i].recipient;
@@ -609,12 +695,22 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
                 }
                 extra += legs[i].amount;
             }
-            uint256 budget = _ceilBps(amount, t.maxFeeBps);
-            if (fee + extra > budget) revert FeeBudgetExceeded(fee + extra, budget);
+            // This capture's share of maxFeeBps, rounded up, less what earlier captures' rounding
+            // already took: over all captures fee plus legs stay ≤ ceil(captured·maxFeeBps/10⁴).
+            uint256 share = amount * t.maxFeeBps;
+            uint256 budget = (share + BPS - 1 - p.carry) / BPS;
+            uint256 fee = _ceilBps(amount, feeBps);
+            // Rounding up adds at most one unit; where that unit is beyond the budget, it goes.
+            if (fee > budget) fee = budget;
+            uint256 taken = fee + extra;
+            if (taken > budget) revert FeeBudgetExceeded(taken, budget);
+            // < BPS by the budget check; a capture that took less than its share starts afresh.
+            uint256 over = p.carry + taken * BPS;
+            uint16 carry = over > share ? uint16(over - share) : 0;
 
-            _store(id, Payment(p.capturable - uint120(amount), p.refundable + uint120(amount), _next(seq)));
+            _store(id, p.capturable - uint112(amount), p.refundable + uint112(amount), carry, seq + 1);
             emit Captured(id, seq, amount, fee);
-            _pay(net, t.token, t.merchant, amount - fee - extra);
+            _pay(net, t.token, t.merchant, amount - taken);
             _pay(net, t.token, t.feeReceiver, fee);
         }
         for (uint256 i; i < legs.length; ++i) {
@@ -630,7 +726,7 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
         Payment memory p = _sequenced(id, seq);
         if (amount == 0) revert ZeroAmount();
         if (amount > p.capturable) revert AmountExceedsCapturable(amount, p.capturable);
-        _store(id, Payment(p.capturable - uint120(amount), p.refundable, _next(seq)));
+        _store(id, p.capturable - uint112(amount), p.refundable, p.carry, seq + 1);
         emit Voided(id, seq, amount);
         _pay(net, t.token, t.payer, amount);
     }
@@ -649,39 +745,60 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
         if (block.timestamp >= t.refundExpiry) revert RefundWindowClosed(t.refundExpiry, block.timestamp);
         if (amount == 0) revert ZeroAmount();
         if (amount > p.refundable) revert AmountExceedsRefundable(amount, p.refundable);
-        address funder = _funder(t, merchantFunds, sender);
-        _store(id, Payment(p.capturable, p.refundable - uint120(amount), _next(seq)));
+        address funder = sender;
+        if (merchantFunds) {
+            _requireNotPaused();
+            funder = _fundByMerchant(id, t, p, amount, sender);
+        }
+        _store(id, p.capturable, p.refundable - uint112(amount), p.carry, seq + 1);
         emit Refunded(id, seq, amount, funder);
         _pull(t.token, funder, amount);
         _pay(net, t.token, t.payer, amount);
     }
 
-    /// @dev Who pays for a refund or a dispute freeze: the caller, or the merchant if it
-    /// approved the caller with {approveFunding}.
-    function _funder(PaymentTerms memory t, bool merchantFunds, address caller) private view returns (address) {
-        if (!merchantFunds) return caller;
-        if (!_fundingApproved[t.merchant][caller]) revert FundingNotApproved(t.merchant, caller);
+    /// @dev Counts `amount` of merchant funding of payment `id` pulled by `spender` against the
+    /// merchant's cap for that spender and against the payment's bound, and returns the
+    /// merchant. The bound: refundable plus what the merchant funded is at most what was
+    /// captured (net of others' refunds and freezes), and fees plus legs took at most
+    /// ceil(captured·maxFeeBps/10⁴) of it, so the merchant was paid at least the bound's share.
+    function _fundByMerchant(bytes32 id, PaymentTerms memory t, Payment memory p, uint256 amount, address spender)
+        private
+        returns (address)
+    {
+        uint256 allowance = _fundingAllowances[t.merchant][spender];
+        if (amount > allowance) revert FundingAllowanceExceeded(t.merchant, spender, amount, allowance);
+        if (allowance != type(uint256).max) _fundingAllowances[t.merchant][spender] = allowance - amount;
+        uint256 before = _merchantFunded[id];
+        uint256 bound = (p.refundable + before) * (BPS - t.maxFeeBps) / BPS;
+        uint256 funded = before + amount;
+        if (funded > bound) revert MerchantFundingExceeded(id, funded, bound);
+        _merchantFunded[id] = funded;
         return t.merchant;
     }
 
-    /// @dev Loads a payment that must exist and be at sequence `seq` (replay protection).
+    /// @dev Loads a payment that must exist, be at sequence `seq` (replay protection) and have a
+    /// sequence left for the operation about to apply.
     function _sequenced(bytes32 id, uint16 seq) private view returns (Payment memory p) {
         p = _existing(id);
         if (p.seq != seq) revert StaleSequence(id, p.seq, seq);
+        if (seq == type(uint16).max) revert SequenceExhausted(id);
     }
 
     function _load(bytes32 id) private view returns (Payment memory) {
         uint256 word = _payments[id];
-        return Payment(uint120(word), uint120(word >> 120), uint16(word >> 240));
+        return Payment(uint112(word), uint112(word >> 112), uint16(word >> 224), uint16(word >> 240));
     }
 
-    function _store(bytes32 id, Payment memory p) private {
-        _payments[id] = uint256(p.capturable) | (uint256(p.refundable) << 120) | (uint256(p.seq) << 240);
+    /// @dev Takes the fields, not a Payment: no memory is allocated on the hot path.
+    function _store(bytes32 id, uint112 capturable, uint112 refundable, uint16 carry, uint16 seq) private {
+        _payments[id] = uint256(capturable) | (uint256(refundable) << 112) | (uint256(carry) << 224)
+            | (uint256(seq) << 240);
     }
 
-    /// @dev The sequence after `seq`; checked, so a payment's 65,535th operation is its last.
-    function _next(uint16 seq) private pure returns (uint16) {
-        return seq + 1;
+    /// @dev The sequence after `seq`, staying at the cap: for what must work however many
+    /// operations the operator made (reclaim, resolving a dispute).
+    function _saturatingNext(uint16 seq) private pure returns (uint16) {
+        return seq == type(uint16).max ? seq : seq + 1;
     }
 
     function _existing(bytes32 id) private view returns (Payment memory p) {
@@ -770,9 +887,13 @@ contract SettlementEscrow is AccessControl, Pausable, ReentrancyGuardTransient, 
     }
 
     /// @dev A recipient that cannot receive (blocklisted, reverting hook) must not block the
-    /// settlement of everyone else: its payout becomes a credit it can withdraw later.
+    /// settlement of everyone else: its payout becomes a credit it can withdraw later. A
+    /// transfer that failed for want of gas (the token's, or a hook's inside it) says nothing
+    /// about the recipient, so it reverts.
     function _push(address token, address to, uint256 amount) private {
+        uint256 gasBefore = gasleft();
         if (!IERC20(token).trySafeTransfer(to, amount)) {
+            if (gasleft() <= gasBefore / _STARVED_DIVISOR) revert PayoutOutOfGas(token, to);
             _credits[token][to] += amount;
             emit Credited(token, to, amount);
         }

@@ -142,9 +142,10 @@ def deploy_local(backend: ChainBackend) -> LocalDeployment:
     # Payers fund holds, operators and merchants fund refunds and disputes.
     for signer in (payer, operator, merchant, arbiter):
         signer.send(token.functions.approve(escrow.address, UINT256_MAX))
-    # The merchant lets the operator and the arbiter fund refunds and disputes from it.
+    # The merchant lets the operator and the arbiter fund refunds and disputes from it, uncapped
+    # (the escrow still bounds each payment's merchant funding by the merchant's net of it).
     for spender in (operator, arbiter):
-        merchant.send(escrow.functions.approveFunding(spender.address, True))
+        merchant.send(escrow.functions.approveFunding(spender.address, UINT256_MAX))
     return LocalDeployment(
         backend=backend,
         escrow=escrow,

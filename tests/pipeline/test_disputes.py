@@ -187,7 +187,7 @@ def test_a_dispute_call_the_escrow_refuses_fails_its_command_and_books_nothing(
     world = engine.deployment
     payment_id = captured(engine)
     # The merchant no longer lets the arbiter fund disputes from it: openDispute reverts.
-    world.merchant.send(world.escrow.functions.approveFunding(world.arbiter.address, False))
+    world.merchant.send(world.escrow.functions.approveFunding(world.arbiter.address, 0))
     before = payment(engine, payment_id)
 
     engine.service.open_dispute("dispute", payment_id, DISPUTED)
@@ -199,9 +199,9 @@ def test_a_dispute_call_the_escrow_refuses_fails_its_command_and_books_nothing(
         error = conn.execute(
             select(payment_commands.c.error).where(payment_commands.c.idempotency_key == "dispute")
         ).scalar_one()
-    assert "FundingNotApproved" in str(error)
+    assert "FundingAllowanceExceeded" in str(error)
     # The payment is free again: with the funding approved, a new dispute goes through.
-    world.merchant.send(world.escrow.functions.approveFunding(world.arbiter.address, True))
+    world.merchant.send(world.escrow.functions.approveFunding(world.arbiter.address, 2**256 - 1))
     engine.service.open_dispute("dispute-again", payment_id, DISPUTED)
     engine.run_until_quiescent()
     assert payment(engine, payment_id).status == "disputed"

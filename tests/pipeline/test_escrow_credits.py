@@ -137,12 +137,13 @@ def test_a_withdrawn_credit_leaves_the_escrow_and_the_books_together(
 ) -> None:
     world = engine.deployment
     capture_to_blocked_merchant(engine)
-    other_before = world.balance(world.other.address)
+    set_blocked(world, world.merchant.address, False)  # a credit goes to its account only
+    merchant_before = world.balance(world.merchant.address)
 
-    world.merchant.send(world.escrow.functions.withdraw(world.token.address, world.other.address))
+    world.merchant.send(world.escrow.functions.withdraw(world.token.address))
     engine.run_until_quiescent()
 
-    assert world.balance(world.other.address) - other_before == NET
+    assert world.balance(world.merchant.address) - merchant_before == NET
     assert world.balance(world.escrow.address) == 0
     assert credit_entries(engine) == [
         ("credited", EntryState.POSTED.value),
@@ -151,7 +152,7 @@ def test_a_withdrawn_credit_leaves_the_escrow_and_the_books_together(
     assert merchant_credit(engine) == 0
     withdrawal = credit_history(engine)[-1]
     assert isinstance(withdrawal, credits.Withdrawn)
-    assert (withdrawal.amount, withdrawal.to) == (NET, world.other.address)
+    assert (withdrawal.amount, withdrawal.to) == (NET, world.merchant.address)
     assert reconciled(engine) == (2, 0)
     assert_books_match_chain(engine)
 
@@ -162,9 +163,7 @@ def test_an_unblocked_merchant_withdraws_to_itself(engine: SettlementEngine) -> 
     set_blocked(world, world.merchant.address, False)
     merchant_before = world.balance(world.merchant.address)
 
-    world.merchant.send(
-        world.escrow.functions.withdraw(world.token.address, world.merchant.address)
-    )
+    world.merchant.send(world.escrow.functions.withdraw(world.token.address))
     engine.run_until_quiescent()
 
     assert world.balance(world.merchant.address) - merchant_before == NET
@@ -176,7 +175,8 @@ def test_an_unblocked_merchant_withdraws_to_itself(engine: SettlementEngine) -> 
 def test_credit_notices_delivered_again_change_nothing(engine: SettlementEngine) -> None:
     world = engine.deployment
     capture_to_blocked_merchant(engine)
-    world.merchant.send(world.escrow.functions.withdraw(world.token.address, world.other.address))
+    set_blocked(world, world.merchant.address, False)
+    world.merchant.send(world.escrow.functions.withdraw(world.token.address))
     engine.run_until_quiescent()
     history_before = credit_history(engine)
     entries_before = credit_entries(engine)
@@ -228,9 +228,10 @@ def test_a_withdrawal_is_pending_until_final_and_voided_when_a_reorg_drops_it(
     world = engine.deployment
     backend = engine.backend
     capture_to_blocked_merchant(engine)
+    set_blocked(world, world.merchant.address, False)
     fork = backend.snapshot()
 
-    world.merchant.send(world.escrow.functions.withdraw(world.token.address, world.other.address))
+    world.merchant.send(world.escrow.functions.withdraw(world.token.address))
     engine.mirror.step()
     pending = credit_entries(engine)
     recorded_while_pending = [event.kind for event in credit_history(engine)]

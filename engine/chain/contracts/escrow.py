@@ -193,9 +193,12 @@ def batch_gas_limit(ops: Sequence[BatchOp]) -> int:
 
     Estimating was the slowest part of sending a batch (about 120 ms per 100 operations on
     anvil, profiled); for a batch of known kinds a bound serves as well. Gas not used is not
-    paid for. Should a bound ever fall short, the escrow reverts the batch with
-    ``BatchOutOfGas`` instead of logging the starved operation as refused, and the caller can
-    estimate and retry.
+    paid for. The bound does not cover what the escrow cannot know: a smart-wallet payer's
+    ERC-1271 check (a passkey verification costs ~150k gas) or a token's unusual transfer.
+    Should a bound fall short, the operation itself or a call nested in it (the wallet's
+    check, the token) runs out of gas, and the escrow reverts the whole batch with
+    ``BatchOutOfGas(index)`` (or ``PayoutOutOfGas`` for a netted payout) instead of logging the
+    starved operation as refused; the caller sends it again under an estimate.
     """
     gas = _BATCH_GAS_BASE
     for op in ops:

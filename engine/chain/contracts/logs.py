@@ -139,9 +139,12 @@ class Withdrawn:
 
 @dataclass(frozen=True, slots=True)
 class FundingApproved:
+    """The merchant let `spender` pull up to `cap` of its funds for refunds and disputes (0:
+    none; 2**256 - 1: not counted down)."""
+
     merchant: str
     spender: str
-    approved: bool
+    cap: int
 
 
 EscrowEvent: TypeAlias = (

@@ -234,16 +234,21 @@ def test_non_atomic_merchant_funded_refund_names_the_batch_sender_as_the_funding
     terms = captured(world)
     refund = [BatchOp.refund(terms, 2, 10 * UNIT, merchant_funds=True)]
     approve = world.escrow.functions.approveFunding
-    world.merchant.send(approve(world.operator.address, False))
+    world.merchant.send(approve(world.operator.address, 0))
 
     (failed,) = emitted(world, settle(world, refund, atomic=False), "OperationFailed")
     reason = decode_revert(failed["reason"])
     assert (reason.error, reason.args_by_name) == (
-        "FundingNotApproved",
-        {"merchant": world.merchant.address, "spender": world.operator.address},
+        "FundingAllowanceExceeded",
+        {
+            "merchant": world.merchant.address,
+            "spender": world.operator.address,
+            "amount": 10 * UNIT,
+            "allowance": 0,
+        },
     )
 
-    world.merchant.send(approve(world.operator.address, True))
+    world.merchant.send(approve(world.operator.address, 10 * UNIT))
     before = balances(world)
     settle(world, refund, atomic=False)
     after = balances(world)

@@ -75,13 +75,18 @@ def test_open_dispute_freezes_funds_pulled_from_the_funder_and_shrinks_refundabl
     assert dispute(world, terms) == (30 * UNIT, funder_address)
 
 
-def test_merchant_funded_dispute_without_funding_approval_reverts_with_FundingNotApproved(
+def test_merchant_funded_dispute_without_funding_approval_reverts_with_FundingAllowanceExceeded(
     world: LocalDeployment,
 ) -> None:
     terms = captured(world)
-    world.merchant.send(world.escrow.functions.approveFunding(world.arbiter.address, False))
+    world.merchant.send(world.escrow.functions.approveFunding(world.arbiter.address, 0))
     with reverts_with(
-        world, "FundingNotApproved", merchant=world.merchant.address, spender=world.arbiter.address
+        world,
+        "FundingAllowanceExceeded",
+        merchant=world.merchant.address,
+        spender=world.arbiter.address,
+        amount=UNIT,
+        allowance=0,
     ):
         open_dispute(world, terms, 2, UNIT, merchant_funds=True)
 
@@ -201,10 +206,10 @@ def test_a_resolved_dispute_can_be_followed_by_a_new_one(world: LocalDeployment)
     world.arbiter.send(escrow.resolveDispute(terms_tuple(terms), 3, True))
     balances = Balances(world)
 
-    open_dispute(world, terms, 4, 90 * UNIT, merchant_funds=True)
-    assert balances.moved() == {"merchant": -90 * UNIT, "escrow": 90 * UNIT}
-    assert dispute(world, terms) == (90 * UNIT, world.merchant.address)
-    assert world.state(terms) == (0, 0, 5)
+    open_dispute(world, terms, 4, 80 * UNIT, merchant_funds=True)
+    assert balances.moved() == {"merchant": -80 * UNIT, "escrow": 80 * UNIT}
+    assert dispute(world, terms) == (80 * UNIT, world.merchant.address)
+    assert world.state(terms) == (0, 10 * UNIT, 5)
 
 
 def test_disputes_go_on_while_paused_and_after_the_refund_window(world: LocalDeployment) -> None:

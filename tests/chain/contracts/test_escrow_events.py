@@ -138,24 +138,23 @@ def test_credit_to_a_blocked_merchant_and_its_withdrawal_decode_with_the_token(
         world.escrow.functions.capture(terms_tuple(terms), 1, 40 * UNIT, 0, [])
     )
 
-    withdrawn = world.merchant.send(
-        world.escrow.functions.withdraw(token.address, world.other.address)
-    )
+    world.admin.send(token.functions.setBlocked(world.merchant.address, False))
+    withdrawn = world.merchant.send(world.escrow.functions.withdraw(token.address))
 
     assert decoded(world, captured) == [
         Captured(world.payment_hash(terms), seq=1, amount=40 * UNIT, fee=0),
         Credited(token.address, world.merchant.address, 40 * UNIT),
     ]
     assert decoded(world, withdrawn) == [
-        Withdrawn(token.address, world.merchant.address, world.other.address, 40 * UNIT)
+        Withdrawn(token.address, world.merchant.address, world.merchant.address, 40 * UNIT)
     ]
 
 
 def test_funding_approval_decodes_as_funding_approved(world: LocalDeployment) -> None:
-    receipt = world.merchant.send(world.escrow.functions.approveFunding(world.other.address, False))
+    receipt = world.merchant.send(world.escrow.functions.approveFunding(world.other.address, UNIT))
 
     assert decoded(world, receipt) == [
-        FundingApproved(world.merchant.address, world.other.address, approved=False)
+        FundingApproved(world.merchant.address, world.other.address, cap=UNIT)
     ]
 
 

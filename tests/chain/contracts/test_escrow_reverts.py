@@ -115,6 +115,17 @@ def test_authorize_above_max_amount_reverts_with_AmountExceedsMax(world: LocalDe
         world.authorize(terms, 100 * UNIT + 1)
 
 
+def test_authorize_above_the_escrows_amount_max_reverts_with_AmountExceedsMax(
+    world: LocalDeployment,
+) -> None:
+    """Amounts share the payment's storage slot with the fee carry: 112 bits each."""
+    amount_max = 2**112 - 1
+    assert world.escrow.functions.AMOUNT_MAX().call() == amount_max
+    terms = world.terms(2**120 - 1)
+    with reverts_with(world, "AmountExceedsMax", amount=amount_max + 1, maxAmount=amount_max):
+        world.authorize(terms, amount_max + 1)
+
+
 def test_second_authorize_of_the_same_terms_reverts_with_PaymentExists(
     world: LocalDeployment,
 ) -> None:
@@ -318,18 +329,36 @@ def test_merchant_funded_refund_without_token_allowance_reverts_with_ERC20Insuff
         world.operator.send(world.escrow.functions.refund(terms_tuple(terms), 2, UNIT, True))
 
 
-def test_merchant_funded_refund_without_funding_approval_reverts_with_FundingNotApproved(
+def test_merchant_funded_refund_without_funding_approval_reverts_with_FundingAllowanceExceeded(
     world: LocalDeployment,
 ) -> None:
     terms = captured(world)
-    world.merchant.send(world.escrow.functions.approveFunding(world.operator.address, False))
+    world.merchant.send(world.escrow.functions.approveFunding(world.operator.address, 0))
     with reverts_with(
         world,
-        "FundingNotApproved",
+        "FundingAllowanceExceeded",
         merchant=world.merchant.address,
         spender=world.operator.address,
+        amount=UNIT,
+        allowance=0,
     ):
         world.operator.send(world.escrow.functions.refund(terms_tuple(terms), 2, UNIT, True))
+
+
+def test_merchant_funded_refund_beyond_the_merchants_net_reverts_with_MerchantFundingExceeded(
+    world: LocalDeployment,
+) -> None:
+    terms = captured(world)  # maxFeeBps 100: the merchant's net share is 99 %
+    with reverts_with(
+        world,
+        "MerchantFundingExceeded",
+        paymentId=world.payment_hash(terms),
+        funded=99 * UNIT + 1,
+        bound=99 * UNIT,
+    ):
+        world.operator.send(
+            world.escrow.functions.refund(terms_tuple(terms), 2, 99 * UNIT + 1, True)
+        )
 
 
 # ──────────────────────── replay protection ──────────────────────────
@@ -373,7 +402,7 @@ def test_operation_on_an_unknown_payment_reverts_with_PaymentNotFound(
 
 
 def test_withdraw_without_credits_reverts_with_NothingToWithdraw(world: LocalDeployment) -> None:
-    call = world.escrow.functions.withdraw(world.token.address, world.merchant.address)
+    call = world.escrow.functions.withdraw(world.token.address)
     with reverts_with(
         world, "NothingToWithdraw", token=world.token.address, account=world.merchant.address
     ):

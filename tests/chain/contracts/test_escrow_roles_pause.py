@@ -1,6 +1,7 @@
-"""Who may call what: OPERATOR_ROLE for new holds, the terms' own operator for everything done
-to a payment, the payer alone to reclaim, PAUSER_ROLE to pause. A pause stops new holds only:
-settling, refunding and the payer's exit go on."""
+"""Who may call what: OPERATOR_ROLE for every operator operation (revoking it stops the operator
+at once), the terms' own operator for everything done to a payment, the payer alone to reclaim,
+PAUSER_ROLE to pause. A pause stops new holds and merchant-funded refunds: settling, refunds the
+operator funds and the payer's exit go on."""
 
 from __future__ import annotations
 
@@ -75,6 +76,26 @@ def test_operator_role_holder_who_is_not_the_terms_operator_reverts_with_NotOper
         world.other.send(call)
 
 
+@pytest.mark.parametrize("operation", ["capture", "void", "refund"])
+def test_capture_void_or_refund_without_OPERATOR_ROLE_reverts_with_AccessControlUnauthorizedAccount(
+    world: LocalDeployment, operation: str
+) -> None:
+    escrow = world.escrow.functions
+    terms = world.terms(100 * UNIT, operator=world.other.address)
+    calls = {
+        "capture": escrow.capture(terms_tuple(terms), 1, UNIT, 0, []),
+        "void": escrow.void(terms_tuple(terms), 1, UNIT),
+        "refund": escrow.refund(terms_tuple(terms), 1, UNIT, False),
+    }
+    with reverts_with(
+        world,
+        "AccessControlUnauthorizedAccount",
+        account=world.other.address,
+        neededRole=role(world, "OPERATOR_ROLE"),
+    ):
+        world.other.send(calls[operation])
+
+
 def test_only_the_terms_operator_may_capture_void_or_refund_else_NotOperator(
     world: LocalDeployment,
 ) -> None:
@@ -82,6 +103,7 @@ def test_only_the_terms_operator_may_capture_void_or_refund_else_NotOperator(
     terms = world.terms(100 * UNIT)
     world.authorize(terms)
     world.operator.send(escrow.capture(terms_tuple(terms), 1, 50 * UNIT, 0, []))
+    world.admin.send(escrow.grantRole(role(world, "OPERATOR_ROLE"), world.other.address))
     not_operator = {"caller": world.other.address, "operator": world.operator.address}
 
     with reverts_with(world, "NotOperator", **not_operator):
@@ -102,7 +124,7 @@ def test_only_the_payer_may_reclaim_else_NotPayer(world: LocalDeployment, caller
         sender.send(world.escrow.functions.reclaim(terms_tuple(terms)))
 
 
-def test_revoking_OPERATOR_ROLE_stops_new_holds_but_the_terms_operator_still_settles_old_ones(
+def test_revoking_OPERATOR_ROLE_stops_the_operator_until_granted_again(
     world: LocalDeployment,
 ) -> None:
     escrow = world.escrow.functions
@@ -113,6 +135,9 @@ def test_revoking_OPERATOR_ROLE_stops_new_holds_but_the_terms_operator_still_set
 
     with reverts_with(world, "AccessControlUnauthorizedAccount", account=world.operator.address):
         world.authorize(world.terms())
+    with reverts_with(world, "AccessControlUnauthorizedAccount", account=world.operator.address):
+        world.operator.send(escrow.capture(terms_tuple(held), 1, 100 * UNIT, 0, []))
+    world.admin.send(escrow.grantRole(operator_role, world.operator.address))
     balances = Balances(world)
     world.operator.send(escrow.capture(terms_tuple(held), 1, 100 * UNIT, 0, []))
     assert balances.moved() == {"escrow": -100 * UNIT, "merchant": 100 * UNIT}
@@ -135,21 +160,26 @@ def test_operator_cannot_pull_funds_from_an_account_that_never_agreed_to_fund_it
     world.operator.send(escrow.authorize(terms_tuple(terms), 100 * UNIT, Method.ALLOWANCE, b""))
     world.operator.send(escrow.capture(terms_tuple(terms), 1, 100 * UNIT, 10_000, []))
     with reverts_with(
-        world, "FundingNotApproved", merchant=victim.address, spender=world.operator.address
+        world,
+        "FundingAllowanceExceeded",
+        merchant=victim.address,
+        spender=world.operator.address,
+        amount=100 * UNIT,
+        allowance=0,
     ):
         world.operator.send(escrow.refund(terms_tuple(terms), 2, 100 * UNIT, True))
 
 
 def test_merchant_grants_and_withdraws_funding_approval(world: LocalDeployment) -> None:
     escrow = world.escrow.functions
-    assert not escrow.fundingApproved(world.merchant.address, world.other.address).call()
-    receipt = world.merchant.send(escrow.approveFunding(world.other.address, True))
+    assert escrow.fundingAllowance(world.merchant.address, world.other.address).call() == 0
+    receipt = world.merchant.send(escrow.approveFunding(world.other.address, 50 * UNIT))
     assert emitted(world, receipt, "FundingApproved") == [
-        {"merchant": world.merchant.address, "spender": world.other.address, "approved": True}
+        {"merchant": world.merchant.address, "spender": world.other.address, "cap": 50 * UNIT}
     ]
-    assert escrow.fundingApproved(world.merchant.address, world.other.address).call()
-    world.merchant.send(escrow.approveFunding(world.other.address, False))
-    assert not escrow.fundingApproved(world.merchant.address, world.other.address).call()
+    assert escrow.fundingAllowance(world.merchant.address, world.other.address).call() == 50 * UNIT
+    world.merchant.send(escrow.approveFunding(world.other.address, 0))
+    assert escrow.fundingAllowance(world.merchant.address, world.other.address).call() == 0
 
 
 def test_granting_a_role_needs_DEFAULT_ADMIN_ROLE(world: LocalDeployment) -> None:

@@ -1,4 +1,5 @@
-"""A payment's operation sequence is a uint16: at its cap the operator is stopped, the payer not."""
+"""A payment's operation sequence is a uint16: at its cap the operator is stopped
+(SequenceExhausted), the payer not."""
 
 from __future__ import annotations
 
@@ -44,8 +45,8 @@ def test_operation_at_the_sequence_cap_reverts(
     world, terms = capped
     with pytest.raises(ContractReverted) as revert:
         world.operator.send(world.escrow.functions.void(terms_tuple(terms), SEQ_MAX, UNIT))
-    assert revert.value.error == "Panic"  # checked arithmetic: 0x11, overflow
-    assert revert.value.args_by_name == {"code": 0x11}
+    assert revert.value.error == "SequenceExhausted"  # named, not an arithmetic Panic
+    assert revert.value.args_by_name == {"paymentId": world.payment_hash(terms)}
 
 
 def test_payer_can_still_reclaim_at_the_sequence_cap(

@@ -28,15 +28,17 @@ def test_merchant_funded_refund_needs_the_merchants_approval_of_the_caller(
     terms = world.terms(100 * UNIT)
     world.authorize(terms)
     world.operator.send(world.escrow.functions.capture(terms_tuple(terms), 1, 50 * UNIT, 0, []))
-    world.merchant.send(world.escrow.functions.approveFunding(world.operator.address, False))
+    world.merchant.send(world.escrow.functions.approveFunding(world.operator.address, 0))
     merchant_before = world.balance(world.merchant.address)
     with pytest.raises(ContractReverted) as revert:
         world.operator.send(world.escrow.functions.refund(terms_tuple(terms), 2, 10 * UNIT, True))
-    assert revert.value.error == "FundingNotApproved"
+    assert revert.value.error == "FundingAllowanceExceeded"
     assert revert.value.args_by_name == {
         "merchant": world.merchant.address,
         "spender": world.operator.address,
+        "amount": 10 * UNIT,
+        "allowance": 0,
     }
-    world.merchant.send(world.escrow.functions.approveFunding(world.operator.address, True))
+    world.merchant.send(world.escrow.functions.approveFunding(world.operator.address, 10 * UNIT))
     world.operator.send(world.escrow.functions.refund(terms_tuple(terms), 2, 10 * UNIT, True))
     assert world.balance(world.merchant.address) == merchant_before - 10 * UNIT

@@ -1,13 +1,20 @@
 """Random operation sequences against the escrow, checked after every step against a model.
 
-The machine holds, charges, captures (random fee and legs), voids, refunds, reclaims after
-time travel, opens and resolves disputes, settles atomic and non-atomic batches (with a
-replayed operation mixed in), blocks recipients of a blocklist token so payouts turn into
-credits, and withdraws them. After every step:
+The machine holds, charges, captures (random fee and legs), voids, refunds (funded by the
+operator or by the merchant), reclaims after time travel, opens disputes (funded by the arbiter or
+by the merchant) and resolves them with any sequence the arbiter may give, settles atomic and
+non-atomic batches (with a replayed operation mixed in), blocks recipients of a blocklist token
+so payouts turn into credits, and withdraws them. It also pulls the levers: pauses (new holds and
+merchant-funded refunds then revert with EnforcedPause), revokes and grants the operator's role
+(every operator operation then reverts), sets the merchant's funding caps (a pull beyond a cap or
+beyond the merchant's net of a payment reverts by name), and, on anvil, moves a payment to just
+below the sequence cap (a dispute opened there still resolves; operator operations at the cap
+revert with SequenceExhausted). After every step:
 
 * solvency: token.balanceOf(escrow) == Σ capturable + Σ frozen by disputes + Σ credits;
-* each payment's (capturable, refundable, seq) and open dispute on chain equal the model's;
-* every credit and every tracked party's balance equals the model's.
+* each payment's (capturable, refundable, seq), open dispute and merchant funding on chain equal
+  the model's; fees plus legs never exceed ceil(captured·maxFeeBps/10⁴) of any payment;
+* every credit, funding allowance and tracked party's balance equals the model's.
 """
 
 from __future__ import annotations
@@ -38,8 +45,9 @@ from engine.chain.contracts.escrow import (
 )
 from engine.chain.contracts.reverts import decode_revert
 from engine.domain.ids import PaymentTerms
-from engine.tools.localnet import UNIT, LocalDeployment
+from engine.tools.localnet import UINT256_MAX, UNIT, LocalDeployment
 from tests.chain.contracts.batch_support import deploy_funded_token, fee, payouts, settle
+from tests.chain.contracts.test_escrow_sequence_cap import SEQ_MAX, payment_slot
 from tests.fixtures.solvency import emitted, reverts_with
 
 # Each example costs ~4 s of CPU (the embedded EVM estimates gas by binary search, a dozen
@@ -64,6 +72,8 @@ FEE_BOUNDS_BPS: Final = ((0, 0), (0, 100), (25, 100), (0, 10_000))
 STALE_SEQ: Final = 0xFFFF  # a sequence no payment reaches here: the operation is a replay
 NEW: Final = ("authorize", "charge")
 EXISTING: Final = ("capture", "void", "refund")
+BPS: Final = 10_000
+FUNDING_CAPS: Final = (0, 5 * UNIT, UINT256_MAX)  # none, a small cap, uncounted
 
 
 @dataclass
@@ -76,6 +86,18 @@ class Hold:
     refundable: int
     seq: int
     frozen: int = 0  # the open dispute's amount
+    dispute_seq: int = 0  # the sequence the open dispute was opened at
+    dispute_merchant_funded: bool = False
+    merchant_funded: int = 0  # of refunds and open or lost disputes
+    carry: int = 0  # fee budget used beyond the exact share, in 10⁻⁴ units
+    captured: int = 0
+    taken: int = 0  # fees plus legs
+
+    def merchant_fundable(self) -> int:
+        """What the merchant may still fund: its net share, at the largest fee, of what it
+        holds of the payment (refundable plus what it funded), less what it funded."""
+        share = (self.refundable + self.merchant_funded) * (BPS - self.terms.max_fee_bps) // BPS
+        return share - self.merchant_funded
 
 
 @dataclass
@@ -85,15 +107,28 @@ class Books:
     holds: dict[bytes, Hold]
     balances: dict[str, int]  # of the tracked parties
     credits: dict[str, int]  # of the parties that can be blocked
+    allowances: dict[str, int]  # the merchant's funding caps, by spender
     blocked: set[str] = field(default_factory=set)
+    paused: bool = False
+    operator_revoked: bool = False
 
     def copy(self) -> Books:
         return Books(
             {key: replace(hold) for key, hold in self.holds.items()},
             dict(self.balances),
             dict(self.credits),
+            dict(self.allowances),
             set(self.blocked),
+            self.paused,
+            self.operator_revoked,
         )
+
+    def fund_by_merchant(self, hold: Hold, spender: str, merchant: str, amount: int) -> None:
+        """A pull of the merchant's funds: counted against its cap and the payment's bound."""
+        if self.allowances[spender] != UINT256_MAX:
+            self.allowances[spender] -= amount
+        hold.merchant_funded += amount
+        self.balances[merchant] -= amount
 
     def pay(self, to: str, amount: int) -> None:
         """A payout: pushed, or credited when the recipient is blocked. Funders of refunds and
@@ -151,10 +186,12 @@ class EscrowModel(RuleBasedStateMachine):
         self.signers: dict[str, Signer] = {
             s.address: s for s in vars(w).values() if isinstance(s, Signer)
         }
+        self.operator, self.arbiter = w.operator.address, w.arbiter.address
         self.books = Books(
             holds={},
             balances={a: w.balance(a, self.token) for a in tracked},
             credits=dict.fromkeys(self.blockable, 0),
+            allowances=dict.fromkeys((self.operator, self.arbiter), UINT256_MAX),
         )
 
     # ───────────────────────────── planning ─────────────────────────────
@@ -162,6 +199,10 @@ class EscrowModel(RuleBasedStateMachine):
     def _candidates(self, books: Books, kind: str) -> list[Hold]:
         def valid(hold: Hold) -> bool:
             terms = hold.terms
+            if kind in (*EXISTING, "open_dispute") and hold.seq == SEQ_MAX:
+                return False  # SequenceExhausted: tried on its own by `at_the_cap`
+            if kind in EXISTING and books.operator_revoked:
+                return False
             if kind == "capture":
                 live = self.now + TIME_MARGIN_S < terms.authorization_expiry
                 return hold.capturable > 0 and live
@@ -178,7 +219,12 @@ class EscrowModel(RuleBasedStateMachine):
         return [hold for hold in books.holds.values() if valid(hold)]
 
     def _feasible(self, books: Books) -> list[str]:
-        can_hold = len(books.holds) < PAYMENTS_MAX and self.payer not in books.blocked
+        can_hold = (
+            len(books.holds) < PAYMENTS_MAX
+            and self.payer not in books.blocked
+            and not books.paused
+            and not books.operator_revoked
+        )
         return [*(NEW if can_hold else ()), *(k for k in EXISTING if self._candidates(books, k))]
 
     def _plan(self, data: st.DataObject, books: Books, kind: str) -> Planned:
@@ -198,13 +244,24 @@ class EscrowModel(RuleBasedStateMachine):
             return Planned(
                 BatchOp.void(terms, seq, amount), escrow.void(terms_tuple(terms), seq, amount)
             )
-        amount = data.draw(st.integers(1, hold.refundable), label="refund amount")
+        fundable = self._merchant_fundable(books, hold, self.operator)
+        merchant_funds = fundable > 0 and data.draw(st.booleans(), label="merchant funds")
+        top = min(hold.refundable, fundable) if merchant_funds else hold.refundable
+        amount = data.draw(st.integers(1, top), label="refund amount")
+        if merchant_funds:
+            books.fund_by_merchant(hold, self.operator, self.merchant, amount)
         hold.refundable -= amount
-        books.pay(self.payer, amount)  # funded by the operator
+        books.pay(self.payer, amount)  # the operator's funding is not tracked
         return Planned(
-            BatchOp.refund(terms, seq, amount),
-            escrow.refund(terms_tuple(terms), seq, amount, False),
+            BatchOp.refund(terms, seq, amount, merchant_funds=merchant_funds),
+            escrow.refund(terms_tuple(terms), seq, amount, merchant_funds),
         )
+
+    def _merchant_fundable(self, books: Books, hold: Hold, spender: str) -> int:
+        """What `spender` may pull from the merchant for `hold` now (0: not at all)."""
+        if self.merchant in books.blocked or (books.paused and spender == self.operator):
+            return 0
+        return min(books.allowances[spender], hold.merchant_fundable())
 
     def _plan_new(self, data: st.DataObject, books: Books, *, charge: bool) -> Planned:
         max_amount = data.draw(st.integers(1, AMOUNT_MAX), label="max amount")
@@ -261,8 +318,11 @@ class EscrowModel(RuleBasedStateMachine):
         capture of `amount` with them."""
         terms = hold.terms
         fee_bps = data.draw(st.integers(terms.min_fee_bps, terms.max_fee_bps), label="fee bps")
-        fee_units = fee(amount, fee_bps)
-        left = fee(amount, terms.max_fee_bps) - fee_units
+        # The budget on the payment's running totals: this capture's share, less the carry.
+        share = amount * terms.max_fee_bps
+        budget = (share + BPS - 1 - hold.carry) // BPS
+        fee_units = min(fee(amount, fee_bps), budget)
+        left = budget - fee_units
         legs: list[Leg] = []
         for _ in range(data.draw(st.integers(0, min(LEGS_MAX, left)), label="legs")):
             if left == 0:
@@ -270,10 +330,14 @@ class EscrowModel(RuleBasedStateMachine):
             recipient = data.draw(st.sampled_from((self.other, self.sink)), label="leg to")
             legs.append(Leg(recipient, data.draw(st.integers(1, left), label="leg amount")))
             left -= legs[-1].amount
+        taken = fee_units + sum(leg.amount for leg in legs)
+        hold.carry = max(hold.carry + taken * BPS - share, 0)
+        hold.captured += amount
+        hold.taken += taken
         hold.capturable -= amount
         hold.refundable += amount
         hold.seq += 1
-        books.pay(self.merchant, amount - fee_units - sum(leg.amount for leg in legs))
+        books.pay(self.merchant, amount - taken)
         books.pay(self.fee_receiver, fee_units)
         for leg in legs:
             books.pay(leg.recipient, leg.amount)
@@ -314,35 +378,50 @@ class EscrowModel(RuleBasedStateMachine):
         self.world.payer.send(self.world.escrow.functions.reclaim(terms_tuple(hold.terms)))
         self.books.pay(self.payer, hold.capturable)
         hold.capturable = 0
-        hold.seq += 1
+        hold.seq = min(hold.seq + 1, SEQ_MAX)  # the payer's exit works at the cap too
 
     @precondition(lambda self: bool(self._candidates(self.books, "open_dispute")))
     @rule(data=st.data())
     def open_dispute(self, data: st.DataObject) -> None:
         hold = data.draw(st.sampled_from(self._candidates(self.books, "open_dispute")))
-        amount = data.draw(st.integers(1, hold.refundable), label="dispute amount")
+        self._open_dispute(data, hold)
+
+    def _open_dispute(self, data: st.DataObject, hold: Hold) -> None:
+        books = self.books
+        fundable = self._merchant_fundable(books, hold, self.arbiter)
+        merchant_funds = fundable > 0 and data.draw(st.booleans(), label="merchant funds")
+        top = min(hold.refundable, fundable) if merchant_funds else hold.refundable
+        amount = data.draw(st.integers(1, top), label="dispute amount")
         call = self.world.escrow.functions.openDispute(
-            terms_tuple(hold.terms), hold.seq, amount, False
+            terms_tuple(hold.terms), hold.seq, amount, merchant_funds
         )
-        self.world.arbiter.send(call)  # the arbiter funds the freeze
+        self.world.arbiter.send(call)
+        if merchant_funds:
+            books.fund_by_merchant(hold, self.arbiter, self.merchant, amount)
         hold.refundable -= amount
         hold.frozen = amount
+        hold.dispute_seq = hold.seq
+        hold.dispute_merchant_funded = merchant_funds
         hold.seq += 1
 
     @precondition(lambda self: bool(self._candidates(self.books, "resolve_dispute")))
     @rule(data=st.data(), payer_wins=st.booleans())
     def resolve_dispute(self, data: st.DataObject, payer_wins: bool) -> None:
         hold = data.draw(st.sampled_from(self._candidates(self.books, "resolve_dispute")))
-        call = self.world.escrow.functions.resolveDispute(
-            terms_tuple(hold.terms), hold.seq, payer_wins
-        )
+        # Any sequence from the one after the opening to the current one: what the arbiter saw
+        # after opening stays valid however many operations the operator made since.
+        seq = data.draw(st.integers(hold.dispute_seq + 1, hold.seq), label="resolve seq")
+        call = self.world.escrow.functions.resolveDispute(terms_tuple(hold.terms), seq, payer_wins)
         self.world.arbiter.send(call)
         if payer_wins:
             self.books.pay(self.payer, hold.frozen)
-        else:  # back to the arbiter, who funded it, and refundable again
+        else:  # back to whoever funded it, and refundable again
             hold.refundable += hold.frozen
+            if hold.dispute_merchant_funded:
+                hold.merchant_funded -= hold.frozen
+                self.books.pay(self.merchant, hold.frozen)
         hold.frozen = 0
-        hold.seq += 1
+        hold.seq = min(hold.seq + 1, SEQ_MAX)
 
     @precondition(lambda self: bool(self._feasible(self.books)))
     @rule(
@@ -357,8 +436,10 @@ class EscrowModel(RuleBasedStateMachine):
         while len(ops) < size and (kinds := self._feasible(books)):
             ops.append(self._plan(data, books, data.draw(st.sampled_from(kinds))).op)
         replayed: int | None = None
-        if replay_at is not None and self.books.holds:
-            target = data.draw(st.sampled_from(list(self.books.holds.values())))
+        # Not a payment at the cap, where the stale sequence is the current one.
+        targets = [hold for hold in self.books.holds.values() if hold.seq != SEQ_MAX]
+        if replay_at is not None and targets:
+            target = data.draw(st.sampled_from(targets))
             replayed = min(replay_at, len(ops))
             ops.insert(replayed, BatchOp.void(target.terms, STALE_SEQ, 1))
         if atomic and replayed is not None:
@@ -396,14 +477,96 @@ class EscrowModel(RuleBasedStateMachine):
     @precondition(lambda self: any(self.books.credits.values()))
     @rule(data=st.data())
     def withdraw(self, data: st.DataObject) -> None:
+        """Credits go to the credited account only: a blocked one cannot move them."""
         books = self.books
         owed = [account for account, amount in books.credits.items() if amount]
         account = data.draw(st.sampled_from(owed), label="withdrawer")
-        open_to = [a for a in books.balances if a not in books.blocked]
-        to = data.draw(st.sampled_from(open_to), label="withdraw to")
-        self.signers[account].send(self.world.escrow.functions.withdraw(self.token.address, to))
-        books.balances[to] += books.credits[account]
+        call = self.world.escrow.functions.withdraw(self.token.address)
+        if account in books.blocked:
+            with reverts_with(self.world, "AccountBlocked", account=account):
+                self.signers[account].send(call)
+            return
+        self.signers[account].send(call)
+        books.balances[account] += books.credits[account]
         books.credits[account] = 0
+
+    # ────────────────────────────── levers ──────────────────────────────
+
+    @rule(data=st.data())
+    def toggle_pause(self, data: st.DataObject) -> None:
+        """While paused, a new hold and a merchant-funded refund revert; the rest goes on."""
+        escrow = self.world.escrow.functions
+        self.books.paused = not self.books.paused
+        self.world.pauser.send(escrow.pause() if self.books.paused else escrow.unpause())
+        if self.books.paused and (holds := self._candidates(self.books, "refund")):
+            hold = data.draw(st.sampled_from(holds), label="paused refund")
+            call = escrow.refund(terms_tuple(hold.terms), hold.seq, 1, True)
+            with reverts_with(self.world, "EnforcedPause"):
+                self.world.operator.send(call)
+
+    @rule()
+    def toggle_operator_role(self) -> None:
+        """A revoked operator is refused every operation at once."""
+        escrow = self.world.escrow.functions
+        role = escrow.OPERATOR_ROLE().call()
+        self.books.operator_revoked = not self.books.operator_revoked
+        grant = escrow.revokeRole if self.books.operator_revoked else escrow.grantRole
+        self.world.admin.send(grant(role, self.operator))
+        if self.books.operator_revoked and self.books.holds:
+            hold = next(iter(self.books.holds.values()))
+            call = escrow.void(terms_tuple(hold.terms), hold.seq, 1)
+            with reverts_with(self.world, "AccessControlUnauthorizedAccount"):
+                self.world.operator.send(call)
+
+    @rule(
+        data=st.data(),
+        spender_is_arbiter=st.booleans(),
+        cap=st.sampled_from(FUNDING_CAPS),
+    )
+    def approve_funding(self, data: st.DataObject, spender_is_arbiter: bool, cap: int) -> None:
+        """Sets a funding cap, then (if any hold is refundable) tries a merchant-funded refund
+        just beyond what the cap and the payment's bound allow: refused by name."""
+        spender = self.arbiter if spender_is_arbiter else self.operator
+        self.world.merchant.send(self.world.escrow.functions.approveFunding(spender, cap))
+        self.books.allowances[spender] = cap
+        books = self.books
+        holds = self._candidates(books, "refund")
+        if spender_is_arbiter or not holds or books.paused or self.merchant in books.blocked:
+            return
+        hold = data.draw(st.sampled_from(holds), label="refund beyond the bounds")
+        fundable = hold.merchant_fundable()
+        if cap <= fundable:
+            amount, error = cap + 1, "FundingAllowanceExceeded"
+        else:
+            amount, error = fundable + 1, "MerchantFundingExceeded"
+        if amount > hold.refundable:
+            return
+        call = self.world.escrow.functions.refund(terms_tuple(hold.terms), hold.seq, amount, True)
+        with reverts_with(self.world, error):
+            self.world.operator.send(call)
+
+    @precondition(lambda self: self.world.backend.name == "anvil")
+    @precondition(lambda self: bool(self._candidates(self.books, "open_dispute")))
+    @rule(data=st.data())
+    def at_the_cap(self, data: st.DataObject) -> None:
+        """Moves a payment to just below the sequence cap (as 65,534 operations would) and
+        opens a dispute there, which takes the last sequence: the operator is then refused
+        with SequenceExhausted, while the dispute still resolves (see `resolve_dispute`)."""
+        hold = data.draw(st.sampled_from(self._candidates(self.books, "open_dispute")))
+        slot = payment_slot(self.world, hold.id)
+        w3 = self.world.backend.w3
+        word = int.from_bytes(w3.eth.get_storage_at(self.world.escrow.address, slot), "big")
+        word = (word & ((1 << 240) - 1)) | ((SEQ_MAX - 1) << 240)
+        w3.provider.make_request(
+            "anvil_setStorageAt",
+            [self.world.escrow.address, hex(slot), "0x" + word.to_bytes(32, "big").hex()],
+        )
+        hold.seq = SEQ_MAX - 1
+        self._open_dispute(data, hold)
+        if hold.seq == SEQ_MAX and not self.books.operator_revoked:
+            call = self.world.escrow.functions.void(terms_tuple(hold.terms), SEQ_MAX, 1)
+            with reverts_with(self.world, "SequenceExhausted", paymentId=hold.id):
+                self.world.operator.send(call)
 
     # ───────────────────────────── invariant ─────────────────────────────
 
@@ -416,12 +579,19 @@ class EscrowModel(RuleBasedStateMachine):
             assert (capturable, refundable, seq) == (hold.capturable, hold.refundable, hold.seq)
             frozen, _ = escrow.disputes(hold.id).call()
             assert frozen == hold.frozen
+            assert escrow.merchantFunded(hold.id).call() == hold.merchant_funded
+            assert hold.taken <= fee(hold.captured, hold.terms.max_fee_bps)
             owed += capturable + frozen
         credits = {a: escrow.credits(self.token.address, a).call() for a in self.blockable}
         assert credits == self.books.credits
         balance = token.balanceOf(self.world.escrow.address).call()
         assert balance == owed + sum(credits.values())
         assert {a: token.balanceOf(a).call() for a in self.books.balances} == self.books.balances
+        allowances = {
+            spender: escrow.fundingAllowance(self.merchant, spender).call()
+            for spender in self.books.allowances
+        }
+        assert allowances == self.books.allowances
 
 
 @pytest.mark.parametrize(

@@ -115,7 +115,7 @@ def act(world: LocalDeployment, rng: random.Random, holds: list[PaymentTerms]) -
         call = world.escrow.functions.capture(terms_tuple(terms), 1, 4 * UNIT, 50, legs)
         world.operator.send(call)
     elif choice == 2:
-        call = world.escrow.functions.approveFunding(world.other.address, rng.random() < 0.5)
+        call = world.escrow.functions.approveFunding(world.other.address, rng.randrange(2) * UNIT)
         world.merchant.send(call)
     else:
         world.backend.mine()
