@@ -2,10 +2,11 @@
 
 A capture, refund or dispute resolution pays its recipients by transfer; when the token refuses
 one (a blocklisted merchant, fee receiver or leg recipient), the escrow keeps the amount as a
-credit of that account, which the account later withdraws to an address of its choice. These
-facts belong to an account, not to a payment (the escrow's ``Credited`` and ``Withdrawn`` logs
-name no payment, and one credit may sum payouts of many), so they are not ``Event``s of a
-payment's stream: each (chain, token, account) has a credit stream of its own
+credit of that account, which the account later withdraws to itself only (so a blocked account
+cannot move its credit to a fresh address and get round the token's blocklist). These facts
+belong to an account, not to a payment (the escrow's ``Credited`` and ``Withdrawn`` logs name
+no payment, and one credit may sum payouts of many), so they are not ``Event``s of a payment's
+stream: each (chain, token, account) has a credit stream of its own
 (``stream_id``), whose events are these.
 
 They live in the domain, next to the payment events, because they are facts of the same kind

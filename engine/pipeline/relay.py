@@ -25,6 +25,13 @@ its arbiter only. Each such row is sent as a transaction of its own on the arbit
 batches stay on the operator's), under a key derived from its op id, and is watched, completed
 and failed like a batch of one. Its gas is estimated, so a revert on chain is final; a refusal
 the escrow gives before it is sent (a stale sequence, no open dispute) fails it at once.
+
+Who funds a refund or a dispute freeze is chosen when it is sent, from the payment's state on
+chain (one JSON-RPC batch of reads per step, for those rows only): the merchant when the escrow
+lets it fund the amount, otherwise the operator or the arbiter (``merchant_can_fund``). A
+payment has at most one operation in flight (the commands refuse a second, the outbox claims
+one per payment), so the state read is the state the operation meets. A transaction already
+sent for the rows is watched as it was sent, whatever the chain says now.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from eth_abi import decode
 from web3.contract import Contract
 
 from engine.chain.contracts.escrow import (
@@ -45,8 +53,11 @@ from engine.chain.contracts.escrow import (
 )
 from engine.chain.contracts.reverts import ContractReverted
 from engine.chain.errors import ChainError, UnknownIdempotencyKey
+from engine.chain.rpc import RpcCall, data, ok
 from engine.chain.txmanager.manager import TxManager
+from engine.domain.errors import DomainError
 from engine.domain.ids import PaymentTerms
+from engine.domain.money import BPS_DENOMINATOR
 from engine.pipeline.commands import fail_command, legs_from_json
 from engine.pipeline.payment_batch import PaymentBatch
 from engine.store.db import Database
@@ -63,6 +74,8 @@ BATCHES_PER_STEP = 10
 WATCHED_PER_PAGE_MAX = 500
 # Outbox kinds the escrow takes from its arbiter, one call each, not in a batch.
 ARBITER_KINDS = frozenset({"open_dispute", "resolve_dispute"})
+# Outbox kinds funded by the merchant or, beyond what the escrow lets it fund, by the sender.
+FUNDED_KINDS = frozenset({"refund", "open_dispute"})
 # Ends the key of a transaction sent under an estimate, not under the batch gas bound: a
 # revert of it is final.
 _ESTIMATED = ":estimated"
@@ -87,8 +100,24 @@ class RelayReport:
     problems: list[str] = field(default_factory=list)
 
 
-def batch_op(row: OutboxRow) -> BatchOp:
-    """The escrow operation an outbox row asks for (payloads are written by the commands)."""
+def merchant_can_fund(amount: int, refundable: int, merchant_funded: int, max_fee_bps: int) -> bool:
+    """Whether the escrow lets the merchant fund ``amount`` more of a payment's refunds and
+    dispute freezes, given its ``refundable`` and what the merchant ``merchant_funded`` of it.
+
+    The escrow bounds merchant funding by the merchant's net: all it funds of a payment stays
+    within ``floor((refundable + funded) * (10⁴ - maxFeeBps) / 10⁴)``, its share at the largest
+    fee the payer allowed, and refuses more (``MerchantFundingExceeded``). An amount beyond what
+    is left of that is funded in whole by the operator (refund) or the arbiter (dispute), as a
+    processor funds a refund that includes its fee; never split, since one command is one
+    escrow operation.
+    """
+    bound = (refundable + merchant_funded) * (BPS_DENOMINATOR - max_fee_bps) // BPS_DENOMINATOR
+    return amount <= bound - merchant_funded
+
+
+def batch_op(row: OutboxRow, *, merchant_funds: bool) -> BatchOp:
+    """The escrow operation an outbox row asks for (payloads are written by the commands);
+    ``merchant_funds`` says who funds a refund and is ignored by the other kinds."""
     payload = row.payload
     terms = PaymentTerms.from_dict(payload["terms"])  # type: ignore[arg-type]
     amount = int(payload["amount"])  # type: ignore[arg-type]
@@ -103,27 +132,28 @@ def batch_op(row: OutboxRow) -> BatchOp:
     if row.kind == "void":
         return BatchOp.void(terms, seq, amount)
     if row.kind == "refund":
-        return BatchOp.refund(terms, seq, amount, merchant_funds=True)
+        return BatchOp.refund(terms, seq, amount, merchant_funds=merchant_funds)
     raise ValueError(f"no escrow operation for outbox kind {row.kind!r}")
 
 
-def arbiter_call(escrow: Contract, row: OutboxRow) -> bytes:
-    """The calldata of the arbiter's dispute call an outbox row asks for; the merchant funds
-    a dispute (it approved the arbiter with ``approveFunding``)."""
+def arbiter_call(escrow: Contract, row: OutboxRow, *, merchant_funds: bool) -> bytes:
+    """The calldata of the arbiter's dispute call an outbox row asks for; ``merchant_funds``
+    says whether the merchant (which approved the arbiter with ``approveFunding``) or the
+    arbiter funds an opened dispute."""
     payload = row.payload
     terms = terms_tuple(PaymentTerms.from_dict(payload["terms"]))  # type: ignore[arg-type]
     seq = int(payload["seq"])  # type: ignore[arg-type]
     if row.kind == "open_dispute":
         amount = int(payload["amount"])  # type: ignore[arg-type]
-        data = escrow.encode_abi("openDispute", args=[terms, seq, amount, True])
+        calldata = escrow.encode_abi("openDispute", args=[terms, seq, amount, merchant_funds])
     elif row.kind == "resolve_dispute":
         payer_wins = payload["payer_wins"]
         if not isinstance(payer_wins, bool):
             raise TypeError("payer_wins must be a boolean")
-        data = escrow.encode_abi("resolveDispute", args=[terms, seq, payer_wins])
+        calldata = escrow.encode_abi("resolveDispute", args=[terms, seq, payer_wins])
     else:
         raise ValueError(f"no arbiter call for outbox kind {row.kind!r}")
-    return bytes.fromhex(data[2:])
+    return bytes.fromhex(calldata[2:])
 
 
 def _tries(key: str) -> Iterator[str]:
@@ -184,30 +214,92 @@ class Relay:
                 conn, self._worker_id, self._clock() if now is None else now, limit
             )
         report.claimed = len(claim.rows)
-        batched = [row for row in claim.rows if row.kind not in ARBITER_KINDS]
+        funded = [row for row in claim.rows if row.kind in FUNDED_KINDS]
+        merchant_funded, unread = (
+            self._merchant_funded(funded, report) if funded else (set(), set())
+        )
+        rows = [row for row in claim.rows if row.op_id not in unread]
+        batched = [row for row in rows if row.kind not in ARBITER_KINDS]
         for first in range(0, len(batched), self._batch_ops_max):
-            self._submit_batch(batched[first : first + self._batch_ops_max], report)
-        for row in claim.rows:
+            self._submit_batch(
+                batched[first : first + self._batch_ops_max], merchant_funded, report
+            )
+        for row in rows:
             if row.kind in ARBITER_KINDS:
-                self._submit_arbiter_call(row, report)
+                self._submit_arbiter_call(row, row.op_id in merchant_funded, report)
         return report
 
-    def _submit_batch(self, rows: Sequence[OutboxRow], report: RelayReport) -> None:
+    def _merchant_funded(
+        self, rows: Sequence[OutboxRow], report: RelayReport
+    ) -> tuple[set[str], set[str]]:
+        """The op ids of the refund and dispute ``rows`` the merchant funds, read from the
+        escrow in one JSON-RPC batch, and those whose payment could not be read (failed, to
+        go again)."""
+        escrow = self._escrow.address
+        readable: list[tuple[OutboxRow, PaymentTerms, int]] = []
+        for row in rows:
+            try:
+                terms = PaymentTerms.from_dict(row.payload["terms"])  # type: ignore[arg-type]
+                readable.append((row, terms, int(row.payload["amount"])))  # type: ignore[arg-type]
+            except (DomainError, ValueError, KeyError, TypeError):
+                continue  # a payload no call can carry: sending fails it as malformed
+        calls: list[RpcCall] = []
+        for _, payment, _ in readable:
+            payment_id = payment.payment_hash(self._txm.chain_id, escrow)
+            for view in ("payments", "merchantFunded"):
+                calldata = self._escrow.encode_abi(view, args=[payment_id])
+                calls.append(("eth_call", [{"to": escrow, "data": calldata}, "latest"]))
+        try:
+            results = self._txm.rpc.batch(calls)
+        except ChainError as error:
+            self._fail(
+                [row for row, _, _ in readable], f"{type(error).__name__}: {error}", True, report
+            )
+            return set(), {row.op_id for row, _, _ in readable}
+        merchant_funds: set[str] = set()
+        unread: list[OutboxRow] = []
+        problem = ""
+        for (row, payment, amount), state, funded in zip(
+            readable, results[::2], results[1::2], strict=True
+        ):
+            try:
+                _, refundable, _ = decode(["uint120", "uint120", "uint16"], data(ok(state)))
+                (merchant_funded,) = decode(["uint256"], data(ok(funded)))
+            except ChainError as error:
+                unread.append(row)
+                problem = f"{type(error).__name__}: {error}"
+                continue
+            if merchant_can_fund(amount, refundable, merchant_funded, payment.max_fee_bps):
+                merchant_funds.add(row.op_id)
+        if unread:
+            self._fail(unread, problem, True, report)
+        return merchant_funds, {row.op_id for row in unread}
+
+    def _submit_batch(
+        self, rows: Sequence[OutboxRow], merchant_funded: set[str], report: RelayReport
+    ) -> None:
         def request() -> _Request:
             key = "relay:" + hashlib.sha256(",".join(r.op_id for r in rows).encode()).hexdigest()
-            ops = [batch_op(row) for row in rows]
-            data = bytes.fromhex(
+            ops = [batch_op(row, merchant_funds=row.op_id in merchant_funded) for row in rows]
+            calldata = bytes.fromhex(
                 self._escrow.encode_abi("settleBatch", args=[encode_batch(ops), False])[2:]
             )
-            chosen = self._key_for(rows, itertools.chain([key], _tries(key + _ESTIMATED)))
-            return _Request(chosen, data, batch_gas_limit(ops) if chosen == key else None)
+            chosen, sent = self._key_for(rows, itertools.chain([key], _tries(key + _ESTIMATED)))
+            return _Request(
+                chosen,
+                calldata if sent is None else sent,
+                batch_gas_limit(ops) if chosen == key else None,
+            )
 
         self._send(rows, self._operator, request, report)
 
-    def _submit_arbiter_call(self, row: OutboxRow, report: RelayReport) -> None:
+    def _submit_arbiter_call(
+        self, row: OutboxRow, merchant_funds: bool, report: RelayReport
+    ) -> None:
         def request() -> _Request:
-            key = self._key_for([row], _tries(f"relay:{row.op_id}{_ESTIMATED}"))
-            return _Request(key, arbiter_call(self._escrow, row), None)
+            key, sent = self._key_for([row], _tries(f"relay:{row.op_id}{_ESTIMATED}"))
+            calldata = arbiter_call(self._escrow, row, merchant_funds=merchant_funds)
+            return _Request(key, calldata if sent is None else sent, None)
 
         self._send([row], self._arbiter, request, report)
 
@@ -241,24 +333,27 @@ class Relay:
         report.submitted += len(rows)
         self._watching[built.key] = tuple(rows)
 
-    def _key_for(self, rows: Sequence[OutboxRow], keys: Iterator[str]) -> str:
-        """The first of ``keys`` whose transaction is unknown or still may succeed.
+    def _key_for(self, rows: Sequence[OutboxRow], keys: Iterator[str]) -> tuple[str, bytes | None]:
+        """The first of ``keys`` whose transaction is unknown or still may succeed, and the
+        calldata that transaction was sent with (None: not sent yet).
 
         Rows claimed for the first time, or again after a crash, find their earlier
-        transaction under the first key and wait for it rather than send another. Rows whose
-        transaction failed under the gas bound, or lost its nonce to another one, go again as a
-        new transaction under the next key (the first after the bound is estimated).
+        transaction under the first key and wait for it rather than send another; it keeps the
+        calldata it was sent with, since the funder chosen then may not be the one the chain
+        suggests once it applied. Rows whose transaction failed under the gas bound, or lost
+        its nonce to another one, go again as a new transaction under the next key (the first
+        after the bound is estimated).
         """
         first = next(keys)
         if all(row.attempts <= 1 for row in rows):
-            return first
+            return first, None
         for key in itertools.chain([first], keys):
             try:
                 earlier = self._txm.get(key)
             except UnknownIdempotencyKey:
-                return key
+                return key, None
             if earlier.status not in (TxStatus.FAILED, TxStatus.REPLACED):
-                return key
+                return key, earlier.data
         raise AssertionError("the keys of a retry never run out")
 
     def _finish(self, record: TxRecord, rows: Sequence[OutboxRow], report: RelayReport) -> None:

@@ -165,6 +165,15 @@ class TxManager:
     def lanes(self) -> tuple[str, ...]:
         return tuple(self._signers)
 
+    @property
+    def chain_id(self) -> int:
+        return self._config.chain_id
+
+    @property
+    def rpc(self) -> Rpc:
+        """The node connection, for callers that read the chain in step with their sends."""
+        return self._rpc
+
     # -- submitting --
 
     def submit(
