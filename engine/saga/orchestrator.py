@@ -332,32 +332,20 @@ class Orchestrator:
     ) -> None:
         attempts = step.attempts + 1
         error = error[:ERROR_CHARS_MAX]
-        if step.role == StepRole.COMPENSATION:
-            if attempts < self.policy.compensation_attempts_max:
-                # Retried under a new command key: the chain may have refused the last one.
-                due_at = at + self.policy.backoff_s(attempts)
-                records.update_step(
-                    step.saga_id,
-                    step.seq,
-                    at,
-                    status=StepStatus.PENDING,
-                    attempts=attempts,
-                    due_at=due_at,
-                    error_code=code,
-                    error=error,
-                )
-                return
+        compensation = step.role == StepRole.COMPENSATION
+        if compensation and attempts < self.policy.compensation_attempts_max:
+            # Retried under a new command key: the chain may have refused the last one.
+            due_at = at + self.policy.backoff_s(attempts)
             records.update_step(
                 step.saga_id,
                 step.seq,
                 at,
-                status=StepStatus.FAILED,
+                status=StepStatus.PENDING,
                 attempts=attempts,
+                due_at=due_at,
                 error_code=code,
                 error=error,
             )
-            records.close_open_work(row.id, at)
-            records.set_status(row.id, SagaStatus.MANUAL_REVIEW, at)
             return
         records.update_step(
             step.saga_id,
@@ -369,6 +357,10 @@ class Orchestrator:
             error=error,
         )
         records.close_open_work(row.id, at)
+        if compensation:
+            # A compensation that keeps failing is past what code can settle.
+            records.set_status(row.id, SagaStatus.MANUAL_REVIEW, at)
+            return
         records.set_status(row.id, SagaStatus.COMPENSATING, at)
         refreshed = records.saga(row.id)
         assert refreshed is not None
