@@ -16,42 +16,24 @@ from engine.chain.backends import ChainBackend
 from engine.chain.contracts.escrow import terms_tuple
 from engine.domain.events import Party
 from engine.domain.money import fee_for
-from engine.domain.payment import Payment
 from engine.ops.reconcile import ChainTarget, reconcile
 from engine.pipeline.commands import UnknownPayment
 from engine.pipeline.engine import Role, SettlementEngine
 from engine.store.ledger import Ledger
 from engine.store.ledger_accounts import AccountKey, AccountKind, AssetKey
-from engine.store.projections import load
 from engine.store.schema import payment_commands, txs
 from engine.tools.localnet import local_engine
 from tests.fixtures.pipeline_support import (
     AMOUNT,
     FEE_BPS,
     assert_books_match_chain,
+    captured,
+    payment,
     refused,
     written,
 )
 
 DISPUTED = AMOUNT // 4
-
-
-def captured(engine: SettlementEngine) -> str:
-    """A payment held and captured in full, booked: its money is settled and disputable."""
-    world = engine.deployment
-    terms = world.terms(AMOUNT)
-    payment_id = engine.service.create("create", terms, AMOUNT, world.payer_signature(terms))
-    engine.run_until_quiescent()
-    engine.service.capture("capture", payment_id.payment_id, AMOUNT, FEE_BPS)
-    engine.run_until_quiescent()
-    return payment_id.payment_id
-
-
-def payment(engine: SettlementEngine, payment_id: str) -> Payment:
-    with engine.db.snapshot() as conn:
-        found = load(conn, payment_id)
-    assert found is not None
-    return found.payment
 
 
 def command_states(engine: SettlementEngine) -> dict[str, str]:

@@ -15,16 +15,20 @@ from sqlalchemy import select
 
 from engine.chain.backends import ChainBackend
 from engine.domain.money import fee_for
-from engine.domain.payment import Payment
 from engine.ops.reconcile import ChainTarget, reconcile
 from engine.pipeline.engine import Role, SettlementEngine
 from engine.pipeline.relay import Relay, merchant_can_fund
 from engine.store.ledger import Ledger
 from engine.store.ledger_accounts import AccountKey, AccountKind, AssetKey
-from engine.store.projections import load
 from engine.store.schema import payment_commands
 from engine.tools.localnet import DEFAULT_MAX_FEE_BPS, local_engine
-from tests.fixtures.pipeline_support import AMOUNT, FEE_BPS, assert_books_match_chain
+from tests.fixtures.pipeline_support import (
+    AMOUNT,
+    FEE_BPS,
+    assert_books_match_chain,
+    captured,
+    payment,
+)
 
 NET = AMOUNT - fee_for(AMOUNT, FEE_BPS)
 # What the escrow lets the merchant fund of a payment captured in full, before any refund.
@@ -37,24 +41,6 @@ def engine_on_chain(db_url: str, chain: ChainBackend) -> Iterator[SettlementEngi
     settlement = local_engine(db_url, chain, roles=frozenset({Role.RELAY, Role.MIRROR}))
     yield settlement
     settlement.close()
-
-
-def captured(engine: SettlementEngine) -> str:
-    """A payment held and captured in full with a fee, booked."""
-    world = engine.deployment
-    terms = world.terms(AMOUNT)
-    created = engine.service.create("create", terms, AMOUNT, world.payer_signature(terms))
-    engine.run_until_quiescent()
-    engine.service.capture("capture", created.payment_id, AMOUNT, FEE_BPS)
-    engine.run_until_quiescent()
-    return created.payment_id
-
-
-def payment(engine: SettlementEngine, payment_id: str) -> Payment:
-    with engine.db.snapshot() as conn:
-        found = load(conn, payment_id)
-    assert found is not None
-    return found.payment
 
 
 def status(engine: SettlementEngine, payment_id: str) -> str:
