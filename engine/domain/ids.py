@@ -32,6 +32,9 @@ class IdPrefix(StrEnum):
     COMMAND = "cmd"
     REFUND = "ref"
     DISPUTE = "dsp"
+    API_KEY = "key"
+    SETTLEMENT = "stl"
+    REQUEST = "req"
 
 
 ID_RANDOM_BYTES = 16

@@ -182,6 +182,8 @@ class ResolveDispute:
 Command: TypeAlias = Create | Capture | Void | Refund | OpenDispute | ResolveDispute
 # What a command in a batch may get instead of an outcome; it wrote nothing.
 Refusal: TypeAlias = CommandError | DomainError
+# Called inside a batch's transaction with its results (see ``PaymentService.execute``).
+Within: TypeAlias = Callable[[Connection, Sequence["CommandOutcome | Refusal"]], None]
 
 
 class PaymentService:
@@ -216,13 +218,19 @@ class PaymentService:
     def resolve_dispute(self, key: str, payment_id: str, winner: Party) -> CommandOutcome:
         return self._one(ResolveDispute(key, payment_id, winner))
 
-    def execute(self, commands: Sequence[Command]) -> list[CommandOutcome | Refusal]:
+    def execute(
+        self, commands: Sequence[Command], *, within: Within | None = None
+    ) -> list[CommandOutcome | Refusal]:
         """Decide ``commands`` in order, each on its own, and commit the accepted ones in one
         SQL transaction: a batch costs a handful of statements however many it holds.
 
         A refused command gets its error in its place and writes nothing; a later command of
         the batch sees the earlier accepted ones (a second command on one payment is a
         conflict, a repeated key returns the first outcome).
+
+        ``within`` runs last inside the same transaction, with the results: what the caller
+        must record together with the commands (the API's idempotency record and details)
+        commits with them or not at all; raising from it writes nothing.
         """
         if not commands:
             return []
@@ -244,6 +252,8 @@ class PaymentService:
             batch.flush()
             if operations:
                 self._outbox.enqueue_many(conn, operations, now)
+            if within is not None:
+                within(conn, results)
         return results
 
     # ── internals ─────────────────────────────────────────────────────────────────────

@@ -364,6 +364,8 @@ outbox = Table(
     Column("lease_until", BigInteger, nullable=True),
     Column("last_error", Text, nullable=True),
     Column("result", Text, nullable=True),  # canonical JSON, set on completion
+    # Rows of one atomic settlement share a group: the relay sends them in one atomic batch.
+    Column("batch_group", String(OUTBOX_KEY_LENGTH_MAX), nullable=True),
     CheckConstraint(
         "status IN (" + ", ".join(f"'{status}'" for status in OUTBOX_STATUSES) + ")",
         name="status_known",
@@ -641,4 +643,134 @@ saga_signals = Table(
     Column("name", String(SAGA_SIGNAL_NAME_LENGTH_MAX), nullable=False),
     Column("data", Text, nullable=False),
     Column("received_at", BigInteger, nullable=False),
+)
+
+
+# api
+# What the HTTP API (package `api`) keeps beside the settlement path: merchants and the keys
+# that act for them or for the operator, the responses of requests under their
+# Idempotency-Key, each payment's merchant-facing details, batch settlements, and the
+# development deployment `settle serve --dev` made on a local chain.
+MERCHANT_NAME_LENGTH_MAX = 100
+PUBLIC_ID_LENGTH_MAX = 40
+API_KEY_ROLES = ("merchant", "operator")
+API_KEY_ROLE_LENGTH_MAX = 10
+API_ROUTE_LENGTH_MAX = 100
+API_IDEMPOTENCY_KEY_LENGTH_MAX = 255
+IDEMPOTENCY_STATES = ("started", "completed")
+IDEMPOTENCY_STATE_LENGTH_MAX = 10
+CAPTURE_METHODS = ("automatic", "manual")
+AUTHORIZATION_METHODS = ("allowance", "permit", "erc3009")
+METHOD_LENGTH_MAX = 10
+SETTLEMENT_OPS = ("capture", "void", "refund")
+SETTLEMENT_OP_LENGTH_MAX = 10
+
+merchants = Table(
+    "merchants",
+    metadata,
+    Column("id", String(PUBLIC_ID_LENGTH_MAX), primary_key=True),
+    Column("name", String(MERCHANT_NAME_LENGTH_MAX), nullable=False, unique=True),
+    Column("address", String(ADDRESS_LENGTH), nullable=True),  # where its money is paid
+    Column("created_at", BigInteger, nullable=False),
+)
+
+# A key is stored as the SHA-256 of its secret only: the secret is shown once, at creation.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(PUBLIC_ID_LENGTH_MAX), primary_key=True),
+    Column("secret_hash", LargeBinary(HASH_BYTES), nullable=False, unique=True),
+    Column("role", String(API_KEY_ROLE_LENGTH_MAX), nullable=False),
+    Column("merchant_id", String(PUBLIC_ID_LENGTH_MAX), ForeignKey("merchants.id"), nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("revoked_at", BigInteger, nullable=True),
+    CheckConstraint(_one_of(API_KEY_ROLES, "role"), name="role_known"),
+    CheckConstraint(
+        "(role = 'merchant' AND merchant_id IS NOT NULL) "
+        "OR (role = 'operator' AND merchant_id IS NULL)",
+        name="merchant_keys_have_a_merchant",
+    ),
+)
+
+# One row per (API key, route, Idempotency-Key), named by the SHA-256 of the three (`scope`).
+# `started` holds the key while its request runs (until `locked_until`, unix ms, after which a
+# crashed request's retry may take it over); `completed` holds the response, written in the
+# transaction of the command it reports. Commands a request issues are keyed `api:<scope>[:n]`.
+idempotency_records = Table(
+    "idempotency_records",
+    metadata,
+    Column("scope", String(64), primary_key=True),
+    Column("api_key_id", String(PUBLIC_ID_LENGTH_MAX), nullable=False),
+    Column("route", String(API_ROUTE_LENGTH_MAX), nullable=False),
+    Column("idempotency_key", String(API_IDEMPOTENCY_KEY_LENGTH_MAX), nullable=False),
+    Column("request_hash", LargeBinary(HASH_BYTES), nullable=False),
+    Column("request_id", String(PUBLIC_ID_LENGTH_MAX), nullable=False),
+    Column("state", String(IDEMPOTENCY_STATE_LENGTH_MAX), nullable=False),
+    Column("locked_until", BigInteger, nullable=False),
+    Column("response_status", Integer, nullable=True),
+    Column("response_body", Text, nullable=True),
+    Column("payment_id", String(PAYMENT_ID_LENGTH_MAX), nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    CheckConstraint(_one_of(IDEMPOTENCY_STATES, "state"), name="state_known"),
+    Index("ix_idempotency_records_created_at", "created_at"),
+    Index("ix_idempotency_records_payment_id", "payment_id"),
+)
+
+# What a merchant asked for beside the escrow terms; `id` orders payments newest first.
+payment_details = Table(
+    "payment_details",
+    metadata,
+    _row_id(),
+    Column("payment_id", String(PAYMENT_ID_LENGTH_MAX), nullable=False, unique=True),
+    Column("merchant_id", String(PUBLIC_ID_LENGTH_MAX), ForeignKey("merchants.id"), nullable=False),
+    Column("capture_method", String(METHOD_LENGTH_MAX), nullable=False),
+    Column("authorization_method", String(METHOD_LENGTH_MAX), nullable=False),
+    Column("fee_bps", Integer, nullable=False),
+    Column("splits", Text, nullable=False),  # canonical JSON list of {recipient, amount_bps}
+    Column("metadata", Text, nullable=False),  # canonical JSON object of strings
+    Column("created_at", BigInteger, nullable=False),
+    CheckConstraint(_one_of(CAPTURE_METHODS, "capture_method"), name="capture_method_known"),
+    CheckConstraint(
+        _one_of(AUTHORIZATION_METHODS, "authorization_method"), name="authorization_method_known"
+    ),
+    Index("ix_payment_details_merchant_id_id", "merchant_id", "id"),
+    sqlite_autoincrement=True,
+)
+
+settlements = Table(
+    "settlements",
+    metadata,
+    Column("id", String(PUBLIC_ID_LENGTH_MAX), primary_key=True),
+    Column("merchant_id", String(PUBLIC_ID_LENGTH_MAX), ForeignKey("merchants.id"), nullable=True),
+    Column("atomic", Integer, nullable=False),  # 0 or 1
+    Column("created_at", BigInteger, nullable=False),
+    CheckConstraint("atomic IN (0, 1)", name="atomic_boolean"),
+)
+
+settlement_operations = Table(
+    "settlement_operations",
+    metadata,
+    Column(
+        "settlement_id",
+        String(PUBLIC_ID_LENGTH_MAX),
+        ForeignKey("settlements.id"),
+        primary_key=True,
+    ),
+    Column("position", Integer, primary_key=True),
+    Column("payment_id", String(PAYMENT_ID_LENGTH_MAX), nullable=False),
+    Column("op", String(SETTLEMENT_OP_LENGTH_MAX), nullable=False),
+    Column("amount", Amount, nullable=False),
+    Column("command_key", String(OUTBOX_KEY_LENGTH_MAX), nullable=False),
+    CheckConstraint(_one_of(SETTLEMENT_OPS, "op"), name="op_known"),
+)
+
+# The escrow and stablecoin `settle serve --dev` deployed on a local chain, and its dev payers.
+dev_deployments = Table(
+    "dev_deployments",
+    metadata,
+    Column("chain_id", BigInteger, primary_key=True),
+    Column("escrow", String(ADDRESS_LENGTH), nullable=False),
+    Column("token", String(ADDRESS_LENGTH), nullable=False),
+    Column("payers", Text, nullable=False),  # canonical JSON list of addresses
+    Column("created_at", BigInteger, nullable=False),
 )
